@@ -1,0 +1,204 @@
+"""Reward functions for TRL's ``GRPOTrainer`` built on `mmsearch_r1.rewards` and `SearchEnv` counters.
+
+What it does: `make_reward_func(processing_class, config)` returns ``reward(prompts, completions,
+completion_ids, answer, aliases, environments, log_metric, **kwargs) -> list[float]`` with TRL's reward
+contract. For each rollout it
+- recovers the assistant turns' exact texts by decoding ``completion_ids`` (special tokens kept) and
+  cutting out the user-side turns TRL inserted (`split_turns`); without ids it rebuilds them from the
+  conversational ``completions`` (`message_to_tag_text`);
+- reads the gold answer and its aliases from the row's ``answer`` and ``aliases`` columns;
+- scores it with `mmsearch_r1.rewards.reward_parts` (accuracy, strict/flexible format), and by default
+  takes the number of searches for the penalty from the environment's counters (the searches that
+  really ran, including those whose result TRL later dropped for length), not from the text;
+- logs the batch means of the parts through ``log_metric`` (``mmsearch/accuracy``, ``mmsearch/format``,
+  ``mmsearch/search_ratio``, ``mmsearch/image_calls``, ``mmsearch/text_calls``, ``mmsearch/tool_failures``,
+  ``mmsearch/tool_refused``, ...).
+
+What it does not: no reward arithmetic of its own beyond recombining the parts (`rewards` owns the
+formula), no LLM judge, no generation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from mmsearch_r1.chat_template import IMAGE_TOOL, TEXT_ARG, TEXT_TOOL
+from mmsearch_r1.protocol import Budgets
+from mmsearch_r1.rewards import penalty_factor, reward_parts
+
+_USER_SIDE_RE = re.compile(r"<\|im_start\|>user\n.*?<\|im_end\|>\n<\|im_start\|>assistant\n", re.DOTALL)
+_TRAILING_PAD_RE = re.compile(r"(?:<\|endoftext\|>)+$")
+
+
+@dataclass
+class RewardConfig:
+    """The paper's reward and where its inputs come from."""
+
+    penalty: float = 0.1
+    """Search penalty p: a correct answer after any search earns (1 - p) of the accuracy part."""
+    format_weight: float = 0.1
+    """f in reward = (1 - f) * acc * penalty_factor + f * format."""
+    penalty_mode: str = "once"
+    """"once" (paper) or "per_call" ((1 - p) per search)."""
+    grammar: str = "strict"
+    """Format reward grammar: "strict" (the paper's four sequences) or "flexible"."""
+    tool_costs: dict[str, float] | None = None
+    """Optional per-tool cost multipliers of the penalty ({"image_search": 2.0, ...})."""
+    match: str = "exact"
+    """Answer matcher: "exact" (EM after normalisation) or "subem"."""
+    budgets: Budgets = field(default_factory=Budgets)
+    """Turn and search budgets used by the flexible grammar check."""
+    searches_from: str = "env"
+    """Count searches for the penalty from the environment counters ("env") or the turns' text ("text")."""
+
+    def __post_init__(self):
+        if self.searches_from not in ("env", "text"):
+            raise ValueError(
+                f"RewardConfig.searches_from must be 'env' or 'text', got {self.searches_from!r}."
+            )
+
+
+def split_turns(decoded: str) -> list[str]:
+    """Cut a decoded multi-turn completion (special tokens kept) into its assistant turns' texts.
+
+    TRL builds a completion as ``turn <|im_end|>`` + ``<|im_start|>user\\n...<|im_end|>\\n<|im_start|>assistant\\n``
+    + ``turn`` ...; the user-side parts are removed. Tool results cannot contain ``<|im_end|>`` because
+    `SearchEnv` strips special tokens from engine text.
+    """
+    text = _TRAILING_PAD_RE.sub("", decoded)
+    return _USER_SIDE_RE.split(text)
+
+
+def message_to_tag_text(message: dict) -> str:
+    """Rebuild an assistant turn's tag text from a parsed message (reasoning, content, tool calls).
+
+    Approximate (whitespace around tags is lost); used only when completion ids are not available.
+    """
+    parts = []
+    if message.get("reasoning_content") is not None:
+        parts.append(f"<reason>{message['reasoning_content']}</reason>")
+    content = message.get("content") or ""
+    if isinstance(content, list):
+        content = "".join(
+            b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text"
+        )
+    parts.append(content)
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function", call)
+        args = fn.get("arguments") or {}
+        if fn.get("name") in (IMAGE_TOOL, "image_search"):
+            parts.append("<search><img></search>")
+        elif fn.get("name") == TEXT_TOOL:
+            query = args.get(TEXT_ARG, args.get("query", "")) if isinstance(args, dict) else str(args)
+            parts.append(f"<text_search>{query}</text_search>")
+    return "".join(parts)
+
+
+def completion_turns(completion, completion_ids: Sequence[int] | None = None, tokenizer=None) -> list[str]:
+    """The assistant turns' texts of one rollout, from its ids (exact) or its messages (approximate)."""
+    if completion_ids is not None and tokenizer is not None:
+        return split_turns(tokenizer.decode(list(completion_ids), skip_special_tokens=False))
+    if isinstance(completion, str):
+        return [completion]
+    return [message_to_tag_text(m) for m in completion if m.get("role") == "assistant"]
+
+
+def _golds(answer, aliases) -> list[str]:
+    golds = [answer] if isinstance(answer, str) and answer else []
+    golds += [a for a in (aliases or []) if isinstance(a, str) and a]
+    return golds
+
+
+def make_reward_func(processing_class=None, config: RewardConfig | None = None) -> Callable[..., list[float]]:
+    """The MMSearch-R1 reward as a TRL reward function (named ``mmsearch`` in TRL's logs).
+
+    ``processing_class`` (processor or tokenizer) decodes ``completion_ids`` exactly; without it the turns
+    are rebuilt from the conversational completions. The dataset must keep the ``answer`` and
+    ``aliases`` columns; ``environments`` (TRL passes them with ``environment_factory``) provide the
+    search counters.
+    """
+    config = config or RewardConfig()
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+
+    def mmsearch(
+        prompts, completions, completion_ids=None, answer=None, aliases=None, **kwargs
+    ) -> list[float]:
+        if answer is None:
+            raise ValueError(
+                "The mmsearch reward needs the dataset's 'answer' column (and 'aliases'); keep them in the "
+                "training dataset and set GRPOConfig(remove_unused_columns=False)."
+            )
+        environments = kwargs.get("environments")
+        log_metric = kwargs.get("log_metric")
+        n = len(completions)
+        aliases = aliases if aliases is not None else [None] * n
+        rewards, rows = [], []
+        for i in range(n):
+            ids = completion_ids[i] if completion_ids is not None else None
+            turns = completion_turns(completions[i], ids, tokenizer)
+            golds = _golds(answer[i], aliases[i])
+            parts = reward_parts(
+                turns,
+                golds,
+                penalty=config.penalty,
+                format_weight=config.format_weight,
+                penalty_mode=config.penalty_mode,
+                grammar=config.grammar,
+                tool_costs=config.tool_costs,
+                match=config.match,
+                budgets=config.budgets,
+            )
+            env = environments[i] if environments else None
+            counters = env.counters if env is not None and hasattr(env, "counters") else None
+            reward = parts.reward
+            if config.searches_from == "env" and counters is not None:
+                searches = {"image_search": counters["image_calls"], "text_search": counters["text_calls"]}
+                factor = penalty_factor(
+                    parts.accuracy > 0,
+                    searches,
+                    penalty=config.penalty,
+                    penalty_mode=config.penalty_mode,
+                    tool_costs=config.tool_costs,
+                )
+                reward = round(
+                    (1 - config.format_weight) * parts.accuracy * factor
+                    + config.format_weight * parts.format,
+                    10,
+                )
+            else:
+                searches = {"image_search": parts.image_searches, "text_search": parts.text_searches}
+                factor = parts.penalty_factor
+            rewards.append(float(reward))
+            rows.append(
+                {
+                    "accuracy": parts.accuracy,
+                    "format": parts.format,
+                    "penalty_factor": factor,
+                    "searched": float(sum(searches.values()) > 0),
+                    "image_calls": searches["image_search"],
+                    "text_calls": searches["text_search"],
+                    "turns": len(turns),
+                    "tool_failures": counters["failures"] if counters else 0,
+                    "tool_refused": counters["refused"] if counters else 0,
+                }
+            )
+        if log_metric is not None and rows:
+            for key, name in (
+                ("accuracy", "accuracy"),
+                ("format", "format"),
+                ("penalty_factor", "penalty_factor"),
+                ("searched", "search_ratio"),
+                ("image_calls", "image_calls"),
+                ("text_calls", "text_calls"),
+                ("turns", "turns"),
+                ("tool_failures", "tool_failures"),
+                ("tool_refused", "tool_refused"),
+            ):
+                log_metric(f"mmsearch/{name}", sum(r[key] for r in rows) / len(rows))
+        mmsearch.last_parts = rows  # the latest batch's parts, for tests and notebooks
+        return rewards
+
+    mmsearch.last_parts = []
+    return mmsearch
