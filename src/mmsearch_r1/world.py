@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import tarfile
 import time
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from mmsearch_r1.world_aliases import (
 
 log = logging.getLogger(__name__)
 
-WORLD_VERSION = 4
+WORLD_VERSION = 6
 """Bump when the build output changes; a cache with another version is rebuilt."""
 NPM_FLAGS_SPEC = "svg-country-flags@1.2.10"
 """The npm package fetched by ``fetch_npm_flags`` (public-domain flag PNGs)."""
@@ -71,7 +72,11 @@ class WorldConfig:
     """Ignore an existing cache and rebuild."""
 
     def npm_dir(self) -> Path:
-        return Path(self.npm_flags_dir) if self.npm_flags_dir else Path(self.root) / "vendor/svg-country-flags/package"
+        return (
+            Path(self.npm_flags_dir)
+            if self.npm_flags_dir
+            else Path(self.root) / "vendor/svg-country-flags/package"
+        )
 
 
 @dataclass
@@ -134,7 +139,9 @@ class World:
     def fact_page(self, e: Entity) -> str:
         """One plain-text page of facts about a country (part of the text corpus)."""
         f = e.facts
-        parts = [f"{e.name} is a country in {f.get('subregion') or f['continent']} ({f['continent']})."]
+        where = f.get("subregion") or f["continent"]
+        where = f"{where} ({f['continent']})" if where != f["continent"] else where
+        parts = [f"{e.name} is a country in {where}."]
         parts.append(f"The capital of {e.name} is {f['capital']}.")
         if e.aliases:
             parts.append(f"Also known as: {', '.join(e.aliases[:6])}.")
@@ -237,7 +244,9 @@ def fetch_npm_flags(root: Path = DEFAULT_ROOT, spec: str = NPM_FLAGS_SPEC) -> Pa
     if (pkg / "png250px").is_dir():
         return pkg
     if shutil.which("npm") is None:
-        raise RuntimeError("npm is not installed; install Node.js/npm, or build with WorldConfig(flags='flagpy').")
+        raise RuntimeError(
+            "npm is not installed; install Node.js/npm, or build with WorldConfig(flags='flagpy')."
+        )
     vendor.mkdir(parents=True, exist_ok=True)
     res = subprocess.run(["npm", "pack", spec, "--silent"], cwd=vendor, capture_output=True, text=True)
     if res.returncode != 0:
@@ -323,12 +332,14 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 def _wiki_match(name: str, alts: list[str], iso2: str) -> str | None:
     wiki = _wiki_summaries()
-    cands = [WIKI_TITLE_OVERRIDES.get(iso2), f"{name} (country)", name, *alts]
+    if WIKI_TITLE_OVERRIDES.get(iso2) in wiki:
+        return WIKI_TITLE_OVERRIDES[iso2]
+    cands = [f"{name} (country)", name, *alts]
     found = [c for c in cands if c and c in wiki]
     for c in found:  # prefer a page described as a country
         if "country" in (wiki[c].get("description") or "").lower():
             return c
-    geo = ("state", "territory", "island", "kingdom", "republic", "region", "archipelago")
+    geo = ("nation", "state", "territory", "island", "kingdom", "republic", "region", "archipelago")
     for c in found:
         if any(k in (wiki[c].get("description") or "").lower() for k in geo):
             return c
@@ -339,11 +350,15 @@ def _country_aliases(name: str, d: dict) -> list[str]:
     iso = d.get("ISO") or {}
     codes = {iso.get("alpha2"), iso.get("alpha3")}
     out: list[str] = []
-    for a in [*COUNTRY_ALIASES.get(iso.get("alpha2"), []), *(d.get("altSpellings") or []), d.get("nativeName")]:
+    for a in [
+        *COUNTRY_ALIASES.get(iso.get("alpha2"), []),
+        *(d.get("altSpellings") or []),
+        d.get("nativeName"),
+    ]:
         a = (a or "").strip()
         if not a or a in codes or a == name or not any(ch.isalpha() for ch in a):
             continue
-        if not all(ord(ch) < 0x2000 for ch in a):  # keep Latin-script names only
+        if not all(ch.isascii() or ("LATIN" in unicodedata.name(ch, "") and ord(ch) < 0x250) for ch in a):
             continue
         out.append(a)
     out += [strip_accents(a) for a in [name, *out]]
@@ -392,7 +407,9 @@ def _build(cfg: WorldConfig, build_dir: Path) -> World:
         if flag is None:
             skipped[iso2] = "no flag"
             continue
-        flag = flag.resize((cfg.flag_width, max(1, round(flag.height * cfg.flag_width / flag.width))), Image.LANCZOS)
+        flag = flag.resize(
+            (cfg.flag_width, max(1, round(flag.height * cfg.flag_width / flag.width))), Image.LANCZOS
+        )
         images = {"flag": f"flags/{iso2.lower()}.png"}
         flag.save(build_dir / images["flag"])
         outline = render_outline(d["geoJSON"], cfg.outline_size) if d.get("geoJSON") else None
@@ -402,11 +419,15 @@ def _build(cfg: WorldConfig, build_dir: Path) -> World:
         elif cfg.require_outline:
             skipped[iso2] = "no outline"
             continue
-        continent = continent_of(d["region"], d.get("subregion") or "")
+        continent = continent_of(d["region"], d.get("subregion") or "", d.get("intermediateregion") or "")
         cont_aliases = [a for a in {d["region"], *TRANSCONTINENTAL.get(iso2, [])} if a != continent]
         if d["region"] == "Americas":
             cont_aliases += ["America", "the Americas"]
-        cap_aliases = [a for a in dict.fromkeys([*CAPITAL_ALIASES.get(iso2, []), strip_accents(capital)]) if a != capital]
+            if d.get("intermediateregion") in ("Caribbean", "Central America"):
+                cont_aliases.append(d["intermediateregion"])
+        cap_aliases = [
+            a for a in dict.fromkeys([*CAPITAL_ALIASES.get(iso2, []), strip_accents(capital)]) if a != capital
+        ]
         wiki_title = _wiki_match(name, [a for a in aliases if a[:1].isupper()], iso2)
         facts = {
             "capital": capital,
