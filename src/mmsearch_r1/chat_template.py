@@ -48,19 +48,30 @@ TAG_CHAT_TEMPLATE: str = (
 """The tag-protocol chat template (Jinja source)."""
 
 _END_OF_TURN = r"(?:<\|im_end\|>|<\|endoftext\|>)"
+# A search action that ends the turn (closed tag, then only whitespace before the end-of-turn token).
+# A text query must hold a non-space character and no other <text_search> tag (the last one counts).
+_TEXT_BODY = r"(?:(?!</?text_search>)[\s\S])*"
+_IMAGE_AT_END = r"<search><img></search>\s*" + _END_OF_TURN
+_TEXT_AT_END = r"<text_search>\s*(?!</?text_search>)\S" + _TEXT_BODY + r"</text_search>\s*" + _END_OF_TURN
 
 TAG_RESPONSE_TEMPLATE: dict = {
     "defaults": {"role": "assistant"},
     "start_anchor": "<|im_start|>assistant\n",
     "fields": {
-        "reasoning_content": {"open": "<reason>", "close_pattern": r"</reason>\s*", "content": "text"},
+        # An unclosed <reason> still lets a final action fire (the paper's trigger looks only at the end).
+        "reasoning_content": {
+            "open": "<reason>",
+            "close_pattern": r"</reason>\s*|(?=" + _IMAGE_AT_END + "|" + _TEXT_AT_END + ")",
+            "content": "text",
+        },
         "tool_calls": {
             # Image branch consumes "<search><img>" (empty body -> no arguments). Text branch consumes
             # only "<" so that the body "text_search>QUERY" yields {"text": QUERY} through xml-inline.
-            # Both fire only when the closed tag is the last thing before the end of the turn.
             "open_pattern": (
                 r"<(?P<name>search)><img>(?=</search>\s*" + _END_OF_TURN + ")"
-                r"|<(?=(?P<name>text_search)>(?:(?!</text_search>)[\s\S])*</text_search>\s*"
+                r"|<(?=(?P<name>text_search)>\s*(?!</?text_search>)\S"
+                + _TEXT_BODY
+                + r"</text_search>\s*"
                 + _END_OF_TURN
                 + ")"
             ),
