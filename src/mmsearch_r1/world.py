@@ -45,7 +45,7 @@ from mmsearch_r1.world_aliases import (
 
 log = logging.getLogger(__name__)
 
-WORLD_VERSION = 6
+WORLD_VERSION = 8
 """Bump when the build output changes; a cache with another version is rebuilt."""
 NPM_FLAGS_SPEC = "svg-country-flags@1.2.10"
 """The npm package fetched by ``fetch_npm_flags`` (public-domain flag PNGs)."""
@@ -265,8 +265,13 @@ def _flagpy_images() -> dict[str, np.ndarray]:
     for line in (base / "flag_df.csv").read_text(encoding="utf-8").splitlines()[1:]:
         name, rel = line.rsplit(",", 1)
         with open(base / rel, "rb") as fh:
-            out[_norm(name.replace("_", " "))] = pickle.load(fh)  # packaged arrays, trusted wheel data
+            out[_flag_key(name.replace("_", " "))] = pickle.load(fh)  # packaged arrays, trusted wheel data
     return out
+
+
+def _flag_key(s: str) -> str:
+    k = _norm(s)
+    return k[3:] if k.startswith("the") and len(k) > 6 else k
 
 
 def _norm(s: str) -> str:
@@ -356,7 +361,8 @@ def _country_aliases(name: str, d: dict) -> list[str]:
         d.get("nativeName"),
     ]:
         a = (a or "").strip()
-        if not a or a in codes or a == name or not any(ch.isalpha() for ch in a):
+        manual = a in COUNTRY_ALIASES.get(iso.get("alpha2"), [])
+        if not a or (a in codes and not manual) or a == name or not any(ch.isalpha() for ch in a):
             continue
         if not all(ch.isascii() or ("LATIN" in unicodedata.name(ch, "") and ord(ch) < 0x250) for ch in a):
             continue
@@ -402,7 +408,7 @@ def _build(cfg: WorldConfig, build_dir: Path) -> World:
             src = cfg.npm_dir() / "png250px" / f"{iso2.lower()}.png"
             flag = _to_rgb(Image.open(src)) if src.is_file() else None
         else:
-            arr = next((flagpy[k] for k in (_norm(a) for a in [name, *aliases]) if k in flagpy), None)
+            arr = next((flagpy[k] for k in (_flag_key(a) for a in [name, *aliases]) if k in flagpy), None)
             flag = Image.fromarray(arr).convert("RGB") if arr is not None else None
         if flag is None:
             skipped[iso2] = "no flag"

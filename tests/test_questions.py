@@ -1,0 +1,157 @@
+"""The question pool: kinds, answers, knowledge boundary, perturbed images, seeded disjoint splits."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmsearch_r1.questions import (
+    KINDS,
+    TEMPLATES,
+    PerturbConfig,
+    QuestionConfig,
+    build_pool,
+    dominant_colour,
+    image_search_recall,
+    known_by_population,
+    known_random,
+    perturb_image,
+    pool_counts,
+    split_entities,
+)
+from mmsearch_r1.rewards import exact_match
+from mmsearch_r1.tools.types import ImageHit
+from mmsearch_r1.world import World, WorldConfig, build_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    return build_world(WorldConfig(root=tmp_path_factory.mktemp("world"), flags="flagpy"))
+
+
+@pytest.fixture(scope="module")
+def known(world):
+    return known_by_population(world, 15)
+
+
+@pytest.fixture(scope="module")
+def pool(world, known):
+    return build_pool(world, QuestionConfig(seed=3, max_entities=40, known=known))
+
+
+def test_pool_has_all_kinds_and_valid_rows(pool):
+    all_rows = [r for s in pool for r in pool[s]]
+    assert {r["kind"] for r in all_rows} == set(KINDS)
+    ids = [r["data_id"] for r in all_rows]
+    assert len(ids) == len(set(ids))
+    for r in all_rows[:80]:
+        assert r["answer"].strip() and r["question"].strip()
+        assert TEMPLATES[r["template"]][0] == r["kind"]
+        assert r["image"].mode == "RGB" and max(r["image"].size) <= 192
+        assert r["answer"] not in r["aliases"]
+
+
+def test_test_entities_never_appear_in_training(pool):
+    ents = {s: set(pool[s]["entity_id"]) for s in pool}
+    assert ents["train"] and ents["test"]
+    assert not ents["train"] & ents["test"] and not ents["train"] & ents["validation"]
+    assert not ents["validation"] & ents["test"]
+
+
+def test_category_follows_knowledge_boundary(pool, known):
+    for s in pool:
+        for r in pool[s]:
+            expected = r["kind"] == "search_free" or r["entity_id"] in known
+            assert r["known"] == (r["entity_id"] in known)
+            assert r["category"] == ("search_free" if expected else "search_required")
+
+
+def test_answers_are_exact_matchable_with_aliases(world):
+    pool = build_pool(world, QuestionConfig(max_entities=None, templates=("flag_country", "flag_capital")))
+    rows = {r["data_id"]: r for s in pool for r in pool[s]}
+    us = rows["world_flag_country_us"]
+    assert exact_match("USA", [us["answer"], *us["aliases"]])
+    co = rows["world_flag_capital_co"]
+    assert exact_match("Bogota", [co["answer"], *co["aliases"]])
+    assert not exact_match("Paris", [co["answer"], *co["aliases"]])
+
+
+def test_query_images_are_perturbed_not_gallery_copies(world, pool):
+    r = pool["test"][0]
+    view = TEMPLATES[r["template"]][1]
+    clean = np.asarray(world.image(r["entity_id"], view).resize(r["image"].size), dtype=np.float32)
+    assert np.abs(clean - np.asarray(r["image"], dtype=np.float32)).mean() > 3
+
+
+def test_pool_is_deterministic_and_seeded(world, pool, known):
+    again = build_pool(world, QuestionConfig(seed=3, max_entities=40, known=known))
+    assert again["test"]["data_id"] == pool["test"]["data_id"]
+    a, b = io.BytesIO(), io.BytesIO()
+    pool["test"][0]["image"].save(a, "PNG")
+    again["test"][0]["image"].save(b, "PNG")
+    assert a.getvalue() == b.getvalue()
+    other = split_entities([e.id for e in world.entities], seed=4)
+    assert other != split_entities([e.id for e in world.entities], seed=3)
+
+
+def test_split_entities_fractions():
+    ids = [f"e{i}" for i in range(100)]
+    split = split_entities(ids, (0.6, 0.1, 0.3), seed=0)
+    counts = {s: list(split.values()).count(s) for s in ("train", "validation", "test")}
+    assert counts == {"train": 60, "validation": 10, "test": 30}
+    with pytest.raises(ValueError, match="sum"):
+        split_entities(ids, (0.5, 0.1, 0.1))
+
+
+def test_known_sets(world):
+    top = known_by_population(world, 10)
+    assert "country/CN" in top and len(top) == 10
+    rnd = known_random(world, 0.5, seed=1)
+    assert len(rnd) == round(0.5 * len(world)) and rnd == known_random(world, 0.5, seed=1)
+
+
+def test_dominant_colour():
+    red = Image.new("RGB", (60, 40), (200, 20, 30))
+    assert dominant_colour(red) == "red"
+    tri = Image.new("RGB", (90, 60), "white")
+    tri.paste((0, 60, 170), (0, 0, 30, 60))
+    tri.paste((220, 30, 40), (60, 0, 90, 60))
+    assert dominant_colour(tri) is None  # three equal bands: no clear answer, no question
+
+
+def test_perturb_image_size_and_seed():
+    im = Image.new("RGB", (250, 160), (10, 120, 60))
+    cfg = PerturbConfig(max_side=128)
+    a = perturb_image(im, np.random.default_rng(0), cfg)
+    b = perturb_image(im, np.random.default_rng(0), cfg)
+    assert max(a.size) == 128 and a.mode == "RGB"
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_unknown_template_is_rejected(world):
+    with pytest.raises(ValueError, match="unknown templates"):
+        build_pool(world, QuestionConfig(templates=("nope",)))
+
+
+def test_image_search_recall_and_counts(pool):
+    class Oracle:
+        def __init__(self, ds):
+            self.by_bytes = {}
+
+        def search_image(self, image, *, k=5):
+            return [ImageHit(title="x", url=World.url(self.answer, "flag"))] + [ImageHit(title="y", url="z")]
+
+    ds = pool["test"].select(range(5))
+    eng = Oracle(ds)
+    hits = []
+    for r in ds:  # recall of an engine that is always right is 1, of one always wrong is 0
+        eng.answer = r["entity_id"]
+        hits.append(image_search_recall(ds.select([len(hits)]), eng)["recall@1"])
+    assert hits == [1.0] * 5
+    eng.answer = "country/XX"
+    assert image_search_recall(ds, eng) == {"recall@1": 0.0, "recall@5": 0.0, "n": 5}
+    rows = pool_counts(pool)
+    assert sum(r["n"] for r in rows) == sum(len(pool[s]) for s in pool)
