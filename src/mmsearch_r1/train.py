@@ -1,0 +1,293 @@
+"""GRPO training with on-demand search: ``python -m mmsearch_r1.train --config …`` and `train(config)`.
+
+What it does: builds everything from one `mmsearch_r1.config.TrainConfig` and hands it to TRL's
+``GRPOTrainer`` (which owns generation, the multi-turn tool loop, tool-token masking, the GRPO loss,
+PEFT, vLLM and accelerate/DeepSpeed/FSDP):
+- the policy (`mmsearch_r1.policy.load_policy`: a checkpoint, ``tiny``, ``demo``, ``demo-sft``; LoRA/QLoRA)
+  with the protocol's chat template and parser installed and checked;
+- the questions in TRL's conversational VLM format (`mmsearch_r1.train_data`);
+- the search engines (`mmsearch_r1.tools.engines.make_engines`), one `mmsearch_r1.env.SearchEnv` per
+  rollout (``environment_factory``), and the paper's reward (`mmsearch_r1.trl_rewards`);
+- the run folder ``runs/<name>/``: ``config.json`` (resolved), ``launch.json`` (command, overrides,
+  versions), ``metrics.jsonl`` (one line per step), ``samples.jsonl``, ``checkpoint-*/`` every
+  ``save_steps``, ``final/``, ``summary.json``. With ``resume="auto"`` a killed run continues from its last
+  checkpoint and metrics.jsonl keeps each completed step exactly once (`mmsearch_r1.run_logging`).
+`demo_stage()` is the GRPO stage of ``make demo`` (the ``cpu_demo`` preset).
+
+What it does not: no GRPO loop or rollout loop of its own, no evaluation (``mmsearch_r1.evaluate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmsearch_r1.config import (
+    TrainConfig,
+    coerce_config,
+    describe_fields,
+    load_config,
+    preset,
+    to_grpo_config,
+)
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns."""
+
+    run_dir: Path
+    """The run folder."""
+    config: TrainConfig
+    """The resolved config (also in ``run_dir/config.json``)."""
+    metrics: list[dict]
+    """metrics.jsonl's records, one per step."""
+    summary: dict
+    """Steps, seconds per step, peak memory, first/last reward, accuracy and search ratio."""
+    trainer: Any = None
+    """The ``GRPOTrainer`` (its ``last_rollouts`` hold the last batch with images)."""
+    resumed_from: str | None = None
+    """Checkpoint the run resumed from, if any."""
+    extra: dict = field(default_factory=dict)
+
+
+def _is_main() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _versions() -> dict:
+    import torch
+    import transformers
+    import trl
+
+    out = {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    out["trl"] = trl.__version__
+    try:
+        out["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        out["git_commit"] = None
+    return out
+
+
+def write_run_files(cfg: TrainConfig, *, source: str | None = None, overrides: Any = None) -> Path:
+    """Write ``config.json`` (every resolved field) and ``launch.json`` into the run folder."""
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    launch = {
+        "argv": sys.argv,
+        "config_file": source,
+        "config_file_text": Path(source).read_text() if source and Path(source).is_file() else None,
+        "overrides": overrides,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": _versions(),
+        "max_tool_calling_iterations": cfg.max_tool_calling_iterations,
+    }
+    (run_dir / "launch.json").write_text(json.dumps(launch, indent=2, default=str) + "\n")
+    return run_dir
+
+
+def find_resume_checkpoint(cfg: TrainConfig) -> str | None:
+    """The checkpoint to resume from (``resume``: auto / never / a path), or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if cfg.resume == "never":
+        return None
+    if cfg.resume != "auto":
+        if not Path(cfg.resume).is_dir():
+            raise FileNotFoundError(f"resume={cfg.resume!r} is not a checkpoint folder; use auto or never.")
+        return cfg.resume
+    if not cfg.run_dir.is_dir():
+        return None
+    return get_last_checkpoint(str(cfg.run_dir))
+
+
+def _clear_checkpoints(run_dir: Path) -> None:
+    for ckpt in run_dir.glob("checkpoint-*"):
+        if ckpt.is_dir():
+            shutil.rmtree(ckpt)
+
+
+def build_policy(cfg: TrainConfig):
+    """The `mmsearch_r1.policy.Policy` of ``cfg`` (a tiny policy is saved first when TRL needs a path)."""
+    from mmsearch_r1.policy import load_policy
+
+    if cfg.model == "tiny" and cfg.beta > 0 and not cfg.lora:
+        # TRL builds the reference model from the policy's path: save the tiny one to disk first.
+        from mmsearch_r1.tiny import build_tiny_policy
+
+        build_tiny_policy(save_dir=cfg.run_dir / "tiny_base", seed=cfg.seed, protocol=cfg.protocol)
+        return load_policy(cfg.run_dir / "tiny_base", dtype=cfg.dtype, protocol=cfg.protocol)
+    return load_policy(
+        cfg.model,
+        lora=cfg.lora,
+        qlora=cfg.qlora,
+        dtype=cfg.dtype,
+        lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        protocol=cfg.protocol,
+        seed=cfg.seed,
+    )
+
+
+def build_trainer(cfg: TrainConfig, *, policy=None, rows=None, engines=None, callbacks=()):
+    """The ``TimedGRPOTrainer`` of ``cfg`` plus its parts (policy, dataset, engines, reward function)."""
+    from accelerate import PartialState
+
+    from mmsearch_r1.env import make_env_factory
+    from mmsearch_r1.protocol import Budgets
+    from mmsearch_r1.run_logging import GracefulStop, MetricsLogger, TimedGRPOTrainer
+    from mmsearch_r1.tiny import vision_token_ids
+    from mmsearch_r1.train_data import load_rows, make_train_engines, to_trl_dataset
+    from mmsearch_r1.trl_rewards import RewardConfig, make_reward_func
+
+    policy = policy or build_policy(cfg)
+    suppress = vision_token_ids(policy.processor) if cfg.suppress_vision_tokens else None
+    args = to_grpo_config(cfg, suppress_tokens=[i for i in (suppress or []) if i is not None])
+    with PartialState().main_process_first():  # one process builds indexes / world caches
+        if rows is None:
+            rows = load_rows(cfg.dataset, cfg.dataset_split, max_rows=cfg.max_train_samples, seed=cfg.seed)
+        if engines is None:
+            engines = make_train_engines(cfg)
+    dataset = to_trl_dataset(rows)
+    budgets = Budgets(max_turns=cfg.max_turns, image=cfg.image_budget, text=cfg.text_budget)
+    env_factory = make_env_factory(engines, budgets, grammar=cfg.grammar)
+    reward = make_reward_func(
+        policy.processor,
+        RewardConfig(
+            penalty=cfg.penalty,
+            format_weight=cfg.format_weight,
+            penalty_mode=cfg.penalty_mode,
+            grammar=cfg.grammar,
+            match=cfg.match,
+            budgets=budgets,
+        ),
+    )
+    logger = MetricsLogger(cfg.run_dir, log_samples=cfg.log_samples)
+    trainer = TimedGRPOTrainer(
+        model=policy.model,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=dataset,
+        processing_class=policy.processor,
+        environment_factory=env_factory,
+        callbacks=[logger, GracefulStop(), *callbacks],
+    )
+    logger.trainer = trainer
+    return trainer, {"policy": policy, "dataset": dataset, "engines": engines, "reward": reward}
+
+
+def summarize(metrics: list[dict]) -> dict:
+    """Steps, seconds per step, peak memory and first/last reward, accuracy, search ratio."""
+    if not metrics:
+        return {"steps": 0}
+    secs = [m["step_seconds"] for m in metrics if m.get("step_seconds") is not None]
+    first, last = metrics[0], metrics[-1]
+    keys = ("reward", "accuracy", "search_ratio", "image_calls", "text_calls", "completion_tokens")
+    return {
+        "steps": last["step"],
+        "seconds_per_step_mean": statistics.fmean(secs) if secs else None,
+        "seconds_per_step_median": statistics.median(secs) if secs else None,
+        "peak_memory_mb": max((m.get("peak_memory_mb") or 0) for m in metrics),
+        "first": {"step": first["step"], **{k: first.get(k) for k in keys}},
+        "last": {"step": last["step"], **{k: last.get(k) for k in keys}},
+    }
+
+
+def train(
+    config: TrainConfig | dict | str | None = None,
+    *,
+    policy=None,
+    rows=None,
+    engines=None,
+    callbacks=(),
+    source: str | None = None,
+    overrides: Any = None,
+    **changes,
+) -> TrainResult:
+    """Run GRPO for ``config`` (a TrainConfig, dict, preset name or file; ``changes`` override fields).
+
+    ``policy`` / ``rows`` / ``engines`` replace what the config would build (tests, notebooks).
+    Resumes from the run folder's last checkpoint when ``resume="auto"``.
+    """
+    from mmsearch_r1.run_logging import read_metrics
+
+    cfg = coerce_config(config, **changes)
+    resume_from = find_resume_checkpoint(cfg)
+    if _is_main():
+        if cfg.resume == "never" and cfg.run_dir.is_dir():
+            _clear_checkpoints(cfg.run_dir)
+        write_run_files(cfg, source=source, overrides=overrides)
+    trainer, parts = build_trainer(cfg, policy=policy, rows=rows, engines=engines, callbacks=callbacks)
+    trainer.train(resume_from_checkpoint=resume_from)
+    metrics = read_metrics(cfg.run_dir / "metrics.jsonl")
+    summary = summarize(metrics)
+    if _is_main():
+        if cfg.save_final:
+            final = cfg.run_dir / "final"
+            trainer.save_model(str(final))
+            parts["policy"].processor.save_pretrained(str(final))
+            summary["final"] = str(final)
+        summary["resumed_from"] = resume_from
+        (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return TrainResult(cfg.run_dir, cfg, metrics, summary, trainer, resume_from, parts)
+
+
+def demo_stage(reproduce: bool = False, **changes) -> list[TrainResult]:
+    """``make demo``'s GRPO stage: the ``cpu_demo`` preset (penalty 0.1); ``reproduce`` adds penalty 0."""
+    runs = [preset("cpu_demo", **changes)]
+    if reproduce:
+        runs.append(runs[0].replace(name=runs[0].name + "_p0", penalty=0.0))
+    results = []
+    for cfg in runs:
+        result = train(cfg)
+        s = result.summary
+        print(
+            f"[GRPO] {cfg.name}: {s.get('steps')} steps, {s.get('seconds_per_step_mean') or 0:.1f} s/step, "
+            f"peak {s.get('peak_memory_mb') or 0:.0f} MiB, first {s.get('first')}, last {s.get('last')}"
+        )
+        results.append(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="GRPO training with on-demand search (TRL GRPOTrainer).")
+    parser.add_argument("--config", help="YAML/JSON file of TrainConfig fields (may set 'preset')")
+    parser.add_argument("--preset", help="paper | cpu_demo | tiny (default: the file's, else paper)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--help-config", action="store_true", help="list every TrainConfig field and exit")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    args = parser.parse_args(argv)
+    if args.help_config:
+        print(describe_fields())
+        return 0
+    cfg = load_config(args.config, preset=args.preset, overrides=args.overrides)
+    if args.dry_run:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    result = train(cfg, source=args.config, overrides=args.overrides)
+    if _is_main():
+        print(json.dumps(result.summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
