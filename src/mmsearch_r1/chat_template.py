@@ -49,10 +49,13 @@ TAG_CHAT_TEMPLATE: str = (
 
 _END_OF_TURN = r"(?:<\|im_end\|>|<\|endoftext\|>)"
 # A search action that ends the turn (closed tag, then only whitespace before the end-of-turn token).
-# A text query must hold a non-space character and no other <text_search> tag (the last one counts).
-_TEXT_BODY = r"(?:(?!</?text_search>)[\s\S])*"
+# A text query runs from the LAST <text_search> to the final </text_search> (as protocol.parse_turn
+# reads it) and must hold a non-space character.
+_TEXT_BODY = r"(?:(?!<text_search>)[\s\S])*"
+_TEXT_TAIL = r"</text_search>\s*" + _END_OF_TURN
+_TEXT_QUERY = r"\s*(?!" + _TEXT_TAIL + r")(?!<text_search>)\S" + _TEXT_BODY + _TEXT_TAIL
 _IMAGE_AT_END = r"<search><img></search>\s*" + _END_OF_TURN
-_TEXT_AT_END = r"<text_search>\s*(?!</?text_search>)\S" + _TEXT_BODY + r"</text_search>\s*" + _END_OF_TURN
+_TEXT_AT_END = r"<text_search>" + _TEXT_QUERY
 
 TAG_RESPONSE_TEMPLATE: dict = {
     "defaults": {"role": "assistant"},
@@ -69,11 +72,7 @@ TAG_RESPONSE_TEMPLATE: dict = {
             # only "<" so that the body "text_search>QUERY" yields {"text": QUERY} through xml-inline.
             "open_pattern": (
                 r"<(?P<name>search)><img>(?=</search>\s*" + _END_OF_TURN + ")"
-                r"|<(?=(?P<name>text_search)>\s*(?!</?text_search>)\S"
-                + _TEXT_BODY
-                + r"</text_search>\s*"
-                + _END_OF_TURN
-                + ")"
+                r"|<(?=(?P<name>text_search)>" + _TEXT_QUERY + ")"
             ),
             "close_pattern": r"</(?:search|text_search)>\s*(?=" + _END_OF_TURN + ")",
             "repeats": True,

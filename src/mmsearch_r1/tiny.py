@@ -109,7 +109,7 @@ def tiny_config(
         "num_key_value_heads": 2,
         "max_position_embeddings": 4096,
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section},
-        "bos_token_id": ids["<|endoftext|>"],
+        "bos_token_id": None,  # like Qwen's tokenizer: no BOS is prepended
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
     }
