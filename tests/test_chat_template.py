@@ -65,12 +65,17 @@ def test_default_system_prompt_user_image_and_generation_prompt(processor):
 
 def test_own_system_prompt_replaces_default(processor):
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
-    assert render(processor, msgs) == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+    assert (
+        render(processor, msgs) == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+    )
 
 
 def test_image_search_call_renders_paper_tag(processor):
     for name in (IMAGE_TOOL, "image_search"):
-        msgs = [user(), {"role": "assistant", "content": "", "reasoning_content": "r", "tool_calls": [call(name)]}]
+        msgs = [
+            user(),
+            {"role": "assistant", "content": "", "reasoning_content": "r", "tool_calls": [call(name)]},
+        ]
         assert render(processor, msgs).endswith(
             "<|im_start|>assistant\n<reason>r</reason><search><img></search><|im_end|>"
         )
@@ -109,7 +114,12 @@ def test_tool_results_one_user_turn_with_exact_paper_join(processor):
                 {"type": "text", "text": " Flag</information>\nQuestion: Q"},
             ],
         },
-        {"role": "assistant", "content": "", "reasoning_content": "b", "tool_calls": [call(TEXT_TOOL, text="x")]},
+        {
+            "role": "assistant",
+            "content": "",
+            "reasoning_content": "b",
+            "tool_calls": [call(TEXT_TOOL, text="x")],
+        },
         {"role": "tool", "name": TEXT_TOOL, "content": "plain result"},
         {"role": "assistant", "content": "<answer>y</answer>", "reasoning_content": "c"},
     ]
@@ -140,12 +150,16 @@ def test_consecutive_tool_messages_share_one_user_turn(processor):
 
 def test_newline_goes_before_a_user_turn_that_follows_an_assistant(processor):
     msgs = [user("a"), {"role": "assistant", "content": "b"}, user("c")]
-    assert render(processor, msgs).endswith("<|im_start|>assistant\nb<|im_end|>\n<|im_start|>user\nc<|im_end|>\n")
+    assert render(processor, msgs).endswith(
+        "<|im_start|>assistant\nb<|im_end|>\n<|im_start|>user\nc<|im_end|>\n"
+    )
 
 
 def test_generation_markers_cover_assistant_turn_and_its_end_token(processor, tokenizer):
     msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "<answer>z</answer>"}]
-    out = tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    out = tokenizer.apply_chat_template(
+        msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     ids = [i for i, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m]
     assert tokenizer.decode(ids) == "<answer>z</answer><|im_end|>"
     assert is_chat_template_stop_token_trained(processor)
@@ -174,7 +188,9 @@ def test_check_raises_when_parser_missing_or_broken():
 def test_native_protocol_option_parses_json_tool_calls():
     proc = build_processor(build_tiny_tokenizer(), protocol="native")
     check_protocol(proc, "native")
-    parsed = parse_assistant_text(proc, '<tool_call>\n{"name": "search", "arguments": {}}\n</tool_call><|im_end|>')
+    parsed = parse_assistant_text(
+        proc, '<tool_call>\n{"name": "search", "arguments": {}}\n</tool_call><|im_end|>'
+    )
     assert parsed["tool_calls"][0]["function"] == {"name": "search", "arguments": {}}
 
 
@@ -270,7 +286,9 @@ def test_fuzz_parser_never_raises_and_agrees_with_protocol(tokenizer, body, end)
     if calls:
         name, args = calls[0]
         assert (name, sorted(args)) in [(IMAGE_TOOL, []), (TEXT_TOOL, ["text"])]
-        got = ("image_search", None) if name == IMAGE_TOOL else ("text_search", " ".join(args["text"].split()))
+        got = (
+            ("image_search", None) if name == IMAGE_TOOL else ("text_search", " ".join(args["text"].split()))
+        )
     turn = parse_turn(text)
     fires = cut >= 0 and turn.action in ("image_search", "text_search")
     assert got == ((turn.action, turn.query) if fires else None)
