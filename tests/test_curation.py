@@ -1,0 +1,125 @@
+"""Search-balanced curation: labelling rule, ratio sampling, and the rollout-callable contract."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from mmsearch_r1.curation import (
+    CurationConfig,
+    Outcome,
+    balanced_sample,
+    curate,
+    label_outcomes,
+    simulated_rollout_fn,
+)
+from mmsearch_r1.data import rows_to_dataset
+
+R, W = Outcome(True), Outcome(False)
+IMG_R, TXT_R, MIX_R = Outcome(True, ("image",)), Outcome(True, ("text",)), Outcome(True, ("image", "text"))
+IMG_W = Outcome(False, ("image",))
+
+
+def test_outcome_search_type():
+    assert R.search_type is None and IMG_R.search_type == "image" and MIX_R.search_type == "mixed"
+    assert Outcome(True, ("text", "text")).search_type == "text"
+
+
+@pytest.mark.parametrize(
+    ("no_search", "with_search", "expected"),
+    [
+        ([W, W], [W, IMG_W], ("dropped", None)),
+        ([W, R], [IMG_W, IMG_W], ("search_free", None)),
+        ([W, W], [R, IMG_W], ("search_free", None)),  # answered directly although search was allowed
+        ([W, W], [IMG_R, IMG_W], ("search_required", "image")),
+        ([W, W], [TXT_R, MIX_R, MIX_R], ("search_required", "mixed")),
+        ([W, W], [TXT_R, IMG_R], ("search_required", "image")),  # ties: image < text < mixed
+    ],
+)
+def test_label_outcomes(no_search, with_search, expected):
+    assert label_outcomes(no_search, with_search) == expected
+
+
+def test_balanced_sample_hits_ratio():
+    labels = {f"f{i}": "search_free" for i in range(100)} | {f"r{i}": "search_required" for i in range(100)}
+    labels |= {"d": "dropped"}
+    keep = balanced_sample(labels, 0.32, seed=0)
+    n_free = sum(i.startswith("f") for i in keep)
+    assert len(keep) == 147 and n_free == 47 and "d" not in keep
+    assert balanced_sample(labels, 0.32, seed=0) == keep
+    assert len(balanced_sample(labels, 0.5, n_target=20)) == 20
+    assert len(balanced_sample(labels, None)) == 200
+    with pytest.raises(ValueError):
+        balanced_sample(labels, 1.5)
+
+
+def _rows(n=6):
+    return rows_to_dataset(
+        [
+            {
+                "data_id": f"q{i}",
+                "image": Image.new("RGB", (4, 4)),
+                "question": f"Q{i}?",
+                "answer": "a",
+                "aliases": [],
+                "category": None,
+                "kind": "visual_knowledge",
+                "source": "t",
+            }
+            for i in range(n)
+        ]  # fmt: skip
+    )
+
+
+# A deterministic policy: q0 never right; q1 right without search; q2, q3 right only with image search;
+# q4 right only with image+text; q5 right only with text.
+PLAN = {
+    "q0": ([W], [IMG_W]),
+    "q1": ([R], [R]),
+    "q2": ([W], [IMG_R]),
+    "q3": ([W], [IMG_R]),
+    "q4": ([W], [MIX_R]),
+    "q5": ([W], [TXT_R]),
+}
+
+
+def det_rollout(rows, *, allow_search, k):
+    return [[PLAN[r["data_id"]][int(allow_search)][0]] * k for r in rows]
+
+
+def test_curate_labels_drops_and_balances():
+    res = curate(_rows(), det_rollout, CurationConfig(k=3, free_ratio=None, batch_size=4))
+    assert res.labels == {"q0": "dropped", "q1": "search_free", "q2": "search_required",
+                          "q3": "search_required", "q4": "search_required", "q5": "search_required"}  # fmt: skip
+    assert res.search_type["q4"] == "mixed" and res.search_type["q5"] == "text"
+    ds = res.dataset
+    assert "q0" not in ds["data_id"] and len(ds) == 5
+    cat = dict(zip(ds["data_id"], ds["category"], strict=True))
+    assert cat["q1"] == "search_free" and cat["q2"] == "search_required"
+    assert dict(zip(ds["data_id"], ds["acc_no_search"], strict=True))["q1"] == 1.0
+    assert res.stats["search_type"] == {"image": 2, "mixed": 1, "text": 1}
+    half = curate(_rows(), det_rollout, CurationConfig(k=2, free_ratio=0.5))
+    assert half.stats["out_search_free"] == half.stats["out_search_required"] == 1
+
+
+def test_rollout_contract_is_checked():
+    def short(rows, *, allow_search, k):
+        return [[W] * (k - 1) for _ in rows]
+
+    def cheats(rows, *, allow_search, k):
+        return [[IMG_R] * k for _ in rows]
+
+    with pytest.raises(ValueError, match="must return"):
+        curate(_rows(2), short, CurationConfig(k=2))
+    with pytest.raises(ValueError, match="allow_search=False"):
+        curate(_rows(2), cheats, CurationConfig(k=2))
+
+
+def test_simulated_rollout_fn_is_deterministic_and_respects_knowledge():
+    rows = [{"data_id": "a", "kind": "visual_knowledge", "entity_id": "country/FR"},
+            {"data_id": "b", "kind": "textual_knowledge", "entity_id": "country/TV"}]  # fmt: skip
+    fn = simulated_rollout_fn({"country/FR"}, p_known=1.0, p_unknown=0.0, p_search=1.0)
+    no, yes = fn(rows, allow_search=False, k=4), fn(rows, allow_search=True, k=4)
+    assert all(o.correct and not o.searches for o in no[0]) and not any(o.correct for o in no[1])
+    assert all(o.correct and o.searches == ("image", "text") for o in yes[1])
+    assert fn(rows, allow_search=True, k=4) == yes
