@@ -1,0 +1,184 @@
+"""The training layer: TrainConfig (presets, files, overrides), GRPO runs with the tiny policy, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+from transformers import TrainerCallback
+
+from mmsearch_r1.config import (
+    PRESETS,
+    TrainConfig,
+    load_config,
+    parse_overrides,
+    per_device_batch,
+    preset,
+    to_grpo_config,
+)
+from mmsearch_r1.run_logging import read_metrics, truncate_metrics
+from mmsearch_r1.train_data import synthetic_rows, to_trl_dataset
+
+# -- config ------------------------------------------------------------------------------------------
+
+
+def test_paper_defaults_are_the_papers():
+    cfg = TrainConfig()
+    assert (cfg.num_generations, cfg.learning_rate, cfg.beta, cfg.epsilon) == (8, 2e-6, 0.001, 0.2)
+    assert (cfg.penalty, cfg.format_weight, cfg.max_tool_calling_iterations) == (0.1, 0.1, 2)
+    assert cfg.scale_rewards == "group" and cfg.loss_type in ("bnpo", "dapo", "grpo")
+    assert (cfg.image_budget, cfg.text_budget, cfg.max_turns) == (1, 2, 3)
+
+
+def test_every_preset_builds_and_cpu_demo_differs():
+    for name in PRESETS:
+        assert preset(name).preset == name
+    demo = preset("cpu_demo")
+    assert demo.model == "demo-sft" and demo.scale_rewards == "group"
+    assert demo.learning_rate != TrainConfig().learning_rate
+
+
+def test_file_round_trip_and_override_precedence(tmp_path):
+    cfg = preset("cpu_demo", penalty=0.0, grpo_overrides={"top_k": 5})
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    assert load_config(path) == cfg
+    yaml_path = tmp_path / "cfg.yaml"
+    yaml_path.write_text("preset: tiny\npenalty: 0.3\nlora: false\n")
+    got = load_config(yaml_path, overrides=["penalty=0.2", "lora=true", "lr_scheduler_type=cosine"])
+    assert got.preset == "tiny" and got.model == "tiny"  # preset from the file
+    assert got.penalty == 0.2 and got.lora is True and got.lr_scheduler_type == "cosine"  # --set wins
+    assert load_config(yaml_path).penalty == 0.3  # the file wins over the preset
+
+
+def test_overrides_are_typed():
+    assert parse_overrides(["a=1e-5", "b=true", "c={x: 1}", "d=none"]) == {
+        "a": 1e-5,
+        "b": True,
+        "c": {"x": 1},
+        "d": "none",
+    }
+    cfg = load_config(overrides=["learning_rate=1", "bf16=true", "save_total_limit=null"])
+    assert cfg.learning_rate == 1.0 and isinstance(cfg.learning_rate, float)
+    assert cfg.bf16 == "true" and cfg.save_total_limit is None
+
+
+@pytest.mark.parametrize(
+    "overrides, error, text",
+    [
+        (["penaltyy=0.1"], KeyError, "did you mean 'penalty'"),
+        (["scale_rewards=std"], ValueError, "scale_rewards"),
+        (["num_generations=1"], ValueError, "num_generations"),
+        (["lora=maybe"], TypeError, "TrainConfig.lora"),
+        (["penalty"], ValueError, "key=value"),
+    ],
+)
+def test_bad_config_fails_with_the_key(overrides, error, text):
+    with pytest.raises(error, match=text):
+        load_config(overrides=overrides)
+
+
+def test_grpo_config_mapping():
+    cfg = preset("tiny", num_generations=4, prompts_per_step=2, beta=0.04, loss_type="bnpo", seed=3)
+    args = to_grpo_config(cfg, suppress_tokens=[7])
+    assert args.per_device_train_batch_size == 8 and args.num_generations == 4
+    assert args.max_tool_calling_iterations == 2 and args.scale_rewards == "group"
+    assert (args.beta, args.loss_type, args.seed, args.logging_steps) == (0.04, "bnpo", 3, 1)
+    assert args.remove_unused_columns is False and args.log_completions is False
+    assert args.generation_kwargs == {"suppress_tokens": [7]}
+    with pytest.raises(ValueError, match="do not split"):
+        per_device_batch(preset("tiny", prompts_per_step=3, num_generations=3), processes=2)
+
+
+def test_trl_prompt_format():
+    ds = to_trl_dataset(synthetic_rows(n=2))
+    row = ds[0]
+    assert row["prompt"][0]["role"] == "user"
+    content = row["prompt"][0]["content"]
+    assert content[0]["type"] == "image" and content[1]["type"] == "text"
+    assert row["question"] in content[1]["text"]
+    assert {"image", "answer", "aliases", "question"} <= set(ds.column_names)
+
+
+def test_truncate_metrics_dedups_and_drops_cut_lines(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [{"step": 1, "r": 0}, {"step": 2, "r": 0}, {"step": 2, "r": 1}, {"step": 3, "r": 0}]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 4, "r"')
+    assert truncate_metrics(path, 2) == 2
+    assert read_metrics(path) == [{"step": 1, "r": 0}, {"step": 2, "r": 1}]
+
+
+# -- GRPO runs with the tiny policy ------------------------------------------------------------------
+
+
+class CrashAt(TrainerCallback):
+    """Simulate a kill right after step ``step`` was logged (and before any later checkpoint)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.global_step == self.step and logs and "reward" in logs:
+            raise KeyboardInterrupt("simulated kill")
+
+
+class SigtermAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step:  # a signal arriving while step `step` runs
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+FIELDS = (
+    "reward",
+    "accuracy",
+    "search_ratio",
+    "image_calls",
+    "text_calls",
+    "tool_failures",
+    "completion_tokens",
+    "step_seconds",
+    "generation_seconds",
+    "peak_memory_mb",
+)
+
+
+def _tiny(tmp_path, **kw):
+    return preset("tiny", output_dir=str(tmp_path / "run"), max_completion_length=48, **kw)
+
+
+def test_grpo_run_writes_metrics_checkpoints_and_resumes(tmp_path):
+    from mmsearch_r1.train import train
+
+    cfg = _tiny(tmp_path, max_steps=4, save_steps=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[CrashAt(3)])
+    run = cfg.run_dir
+    assert json.loads((run / "config.json").read_text()) == cfg.to_dict()
+    assert (run / "checkpoint-2" / "trainer_state.json").is_file() and not (run / "checkpoint-3").exists()
+    before = read_metrics(run / "metrics.jsonl")
+    assert [m["step"] for m in before] == [1, 2, 3]
+    for m in before:
+        for f in FIELDS:
+            assert m[f] is not None, f
+        assert 0.0 <= m["search_ratio"] <= 1.0 and m["step_seconds"] > 0
+
+    result = train(cfg)  # resume="auto"
+    assert result.resumed_from.endswith("checkpoint-2")
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3, 4]  # each completed step exactly once
+    assert lines[:2] == before[:2]  # steps covered by the checkpoint are kept, not re-run
+    assert (run / "checkpoint-4").is_dir() and result.summary["steps"] == 4
+
+
+def test_sigterm_checkpoints_the_current_step_and_stops(tmp_path):
+    from mmsearch_r1.train import train
+
+    cfg = _tiny(tmp_path, max_steps=5, save_steps=100)
+    result = train(cfg, callbacks=[SigtermAt(1)])
+    assert [m["step"] for m in result.metrics] == [1]
+    assert (cfg.run_dir / "checkpoint-1").is_dir()
