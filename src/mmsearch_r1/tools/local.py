@@ -33,7 +33,6 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .embed import get_embedder
 from .types import ImageHit, SearchError, TextHit
 
 _WORD = re.compile(r"\w\w+", re.UNICODE)
@@ -257,6 +256,8 @@ def build_image_index(
     (out / "thumbs").mkdir(parents=True, exist_ok=True)
     if not records:
         raise ValueError("cannot build an image index from an empty gallery")
+    from .embed import get_embedder  # torch is imported only when images are embedded
+
     emb = get_embedder(embedder)
     meta_records, vecs = [], []
     bar = tqdm(total=len(records), desc=f"embed gallery ({embedder})", disable=not show_progress)
@@ -311,11 +312,19 @@ class LocalImageEngine:
     @property
     def embedder(self):
         if self._embedder is None:
+            from .embed import get_embedder
+
             self._embedder = get_embedder(self.embedder_name)
         return self._embedder
 
     def rank(self, image: Image.Image, k: int = 5) -> list[tuple[int, float]]:
         q = self.embedder.embed([image])[0].astype(np.float32)
+        if q.shape[0] != self.emb.shape[1]:
+            raise SearchError(
+                f"image index {self.index_dir} has {self.emb.shape[1]}-d embeddings but the "
+                f"{self.embedder_name} embedder gives {q.shape[0]}-d: rebuild the index",
+                engine=self.name,
+            )
         if self.emb.dtype == np.float32:
             sims = self.emb @ q
         else:  # large float16 index on disk: score in float32 chunks (numpy has no fast f16 matmul)

@@ -1,0 +1,1 @@
+"""Search tools: result types, engines (local, web, fvqa-cache) and the record/replay cache."""

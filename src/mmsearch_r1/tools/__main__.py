@@ -1,0 +1,122 @@
+"""Command line for people: search with the configured engine and print the hits.
+
+    python -m mmsearch_r1.tools image PATH [--engine local|web|fvqa-cache] [--k 5]
+    python -m mmsearch_r1.tools text "QUERY" [--engine local|web] [--mode bm25|dense|hybrid]
+    python -m mmsearch_r1.tools build-index [--index-dir data/world/index] [--rebuild]
+    python -m mmsearch_r1.tools cache-stats PATH | cache-export SRC DEST | cache-import DEST SRC
+
+Local engines read ``--index-dir`` (default: env MMSEARCH_INDEX_DIR or data/world/index; build it with
+``build-index``, which builds the offline World first). Web engines read their keys from env vars
+(see ``web.py``). ``--cache PATH --cache-mode read-write|replay-only`` puts the record/replay cache in
+front. Failures print as one error line (exit code 2), never a traceback.
+
+What it does not: no formatting for the policy; thumbnails are not displayed (``--save-thumbs DIR``
+writes them as PNG files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from .cache import SearchCache
+from .engines import DEFAULT_INDEX_DIR, EngineConfig, make_engines, world_indexes
+from .types import SearchError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mmsearch_r1.tools", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name, arg in (("image", "path"), ("text", "query")):
+        s = sub.add_parser(name, help=f"{name} search")
+        s.add_argument(arg)
+        s.add_argument("--engine", default=None, help="local (default), web, fvqa-cache (image only)")
+        s.add_argument("--k", type=int, default=5)
+        s.add_argument("--index-dir", default=None)
+        s.add_argument("--mode", default="bm25", choices=["bm25", "dense", "hybrid"])
+        s.add_argument("--cache", default=None, help="SQLite cache file")
+        s.add_argument("--cache-mode", default="read-write", choices=["read-write", "replay-only"])
+        s.add_argument("--data-id", default=None, help="fvqa-cache: the question's data_id")
+        s.add_argument("--fvqa-cache-file", action="append", default=[])
+        s.add_argument("--save-thumbs", default=None)
+        s.add_argument("--json", action="store_true", help="print JSON lines")
+    b = sub.add_parser("build-index", help="build the local indexes from the offline World")
+    b.add_argument("--index-dir", default=DEFAULT_INDEX_DIR)
+    b.add_argument("--rebuild", action="store_true")
+    st = sub.add_parser("cache-stats")
+    st.add_argument("path")
+    ex = sub.add_parser("cache-export")
+    ex.add_argument("src")
+    ex.add_argument("dest")
+    im = sub.add_parser("cache-import")
+    im.add_argument("dest")
+    im.add_argument("src")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    if a.cmd == "build-index":
+        print(world_indexes(a.index_dir, rebuild=a.rebuild))
+        return 0
+    if a.cmd == "cache-stats":
+        print(json.dumps({"entries": len(SearchCache(a.path, "replay-only"))}))
+        return 0
+    if a.cmd == "cache-export":
+        print(SearchCache(a.src, "replay-only").export(a.dest))
+        return 0
+    if a.cmd == "cache-import":
+        print(json.dumps({"imported": SearchCache(a.dest, "read-write").import_from(a.src)}))
+        return 0
+
+    cfg = EngineConfig(image="none", text="none", text_mode=a.mode)
+    if a.index_dir:
+        cfg.index_dir = a.index_dir
+    if a.cache:
+        cfg.cache.path, cfg.cache.mode = a.cache, a.cache_mode
+    cfg.fvqa.cache_files = a.fvqa_cache_file
+    try:
+        if a.cmd == "image":
+            cfg.image = a.engine or "local"
+            engines = make_engines(cfg)
+            image = Image.open(a.path)
+            image.load()
+            if a.data_id:
+                image.info["data_id"] = a.data_id
+            hits = engines.image.search_image(image, k=a.k)
+        else:
+            cfg.text = a.engine or "local"
+            engines = make_engines(cfg)
+            hits = engines.text.search_text(a.query, k=a.k)
+    except (SearchError, FileNotFoundError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for i, h in enumerate(hits, 1):
+        row = {"rank": i, "title": h.title, "url": h.url, "score": h.score}
+        if a.cmd == "text":
+            row["summary"] = h.summary
+        else:
+            row["thumbnail"] = None if h.thumbnail is None else list(h.thumbnail.size)
+            if a.save_thumbs and h.thumbnail is not None:
+                Path(a.save_thumbs).mkdir(parents=True, exist_ok=True)
+                h.thumbnail.save(Path(a.save_thumbs) / f"{i:02d}.png")
+        if a.json:
+            print(json.dumps(row, ensure_ascii=False))
+        else:
+            score = f"  ({h.score:.3f})" if h.score is not None else ""
+            print(f"{i}. {h.title}{score}  {h.url}")
+            if a.cmd == "text":
+                print(f"   {h.summary}")
+            elif h.thumbnail is not None:
+                print(f"   thumbnail {h.thumbnail.size[0]}x{h.thumbnail.size[1]}")
+    if not hits:
+        print("(no results)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
