@@ -1,0 +1,567 @@
+"""The multi-turn inference rollout outside training (evaluation and curation).
+
+What it does: `rollout(rows, generator, env_factory, config)` runs the policy on a batch of questions
+with exactly the machinery TRL's ``GRPOTrainer`` uses during training, so a trained policy meets the
+same conversation at test time:
+- the first prompt is the question image + ``prompts.first_user_text``, rendered by the processor's chat
+  template (the tag protocol of `mmsearch_r1.chat_template`);
+- each assistant turn is parsed with TRL's ``parse_response`` (the tokenizer's ``response_template``),
+  tools are the `SearchEnv` methods (``search()``, ``text_search(text)``), run concurrently across the
+  batch in a thread pool; an exception becomes ``{"error": ...}`` as in TRL;
+- the tool results are appended as token ids: prompt + model ids + the suffix the chat template renders
+  for the tool messages (TRL's ``_get_tool_suffix_ids`` recipe), thumbnails are appended to the images;
+- at most ``budgets.max_turns`` assistant turns (TRL's ``max_tool_calling_iterations = max_turns - 1``):
+  a search in the last turn is not run.
+Generation is batched across questions (left padding) with HF ``generate`` (`HFGenerator`, CPU or
+GPU) or vLLM (`VLLMGenerator`, imported only when used); any callable with the `Generator` signature
+works (tests script the model outputs with one).
+
+Methods: ``on_demand`` (the policy decides), ``direct`` (every search is refused with an observation
+that says search is off, so the policy answers from what it knows; zero searches run), ``rag`` (the
+paper's RAG workflow: an image search is run first, then a text search, then the policy answers; the
+first turn is scripted; if the policy's second turn is not a text search, a scripted one with the top
+image title and the question replaces it, marked ``forced``).
+
+Returns one JSON-ready record per (row, sample): every turn (text, parse, tokens), every tool
+observation (text with ``<image>`` placeholders, image count, tokens, the environment's log entry),
+the prediction, search counts, failures and token counts. `curation_rollout_fn` adapts all this to
+the curation module's ``rollout_fn(rows, *, allow_search, k)`` interface.
+
+What it does not: no metrics (`mmsearch_r1.evaluate`), no training, no prompt wording (`prompts`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mmsearch_r1 import prompts
+from mmsearch_r1.env import EnvConfig, SearchEnv
+from mmsearch_r1.protocol import parse_turn, render_turn
+from mmsearch_r1.rewards import exact_match
+
+METHODS = ("on_demand", "direct", "rag")
+TOOL_KIND = {"search": "image_search", "image_search": "image_search", "text_search": "text_search"}
+
+Request = tuple[list[int], list]
+"""One generation request: the token ids so far and the images they reference, in order."""
+Generator = Callable[[Sequence[Request]], list[list[int]]]
+"""Maps requests to the new turn's token ids (ending with the end-of-turn token when it stopped)."""
+
+
+@dataclass
+class RolloutConfig:
+    """How the inference rollout runs."""
+
+    method: str = "on_demand"
+    """``on_demand`` | ``direct`` | ``rag`` (see the module docstring)."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """Budgets, grammar and result counts; the same `EnvConfig` training uses."""
+    max_new_tokens: int = 160
+    """Tokens per assistant turn at most (the paper's eval lets a turn run to the context limit)."""
+    max_completion_length: int | None = None
+    """Like ``GRPOConfig.max_completion_length``: a tool result that would push model + tool tokens past
+    it is dropped and the rollout ends (None: no limit)."""
+    temperature: float = 0.0
+    """0 is greedy (the paper's evaluation); > 0 samples (curation's k rollouts)."""
+    top_p: float = 1.0
+    """Nucleus sampling when ``temperature > 0``."""
+    batch_size: int = 8
+    """Sequences per ``generate`` call."""
+    tool_workers: int = 8
+    """Threads running the tool calls of a round concurrently."""
+    seed: int = 0
+    """Seed for sampling."""
+    rag_reasons: tuple[str, str] = (
+        "I will look the image up first.",
+        "Now I will look up the fact the question asks for.",
+    )
+    """The ``<reason>`` text of the RAG workflow's scripted image-search and (fallback) text-search turns."""
+    direct_reason: str = "search is switched off for this question; answer from what you know"
+    """Why a search is refused in the ``direct`` method (shown to the policy)."""
+    progress: bool = True
+    """Show a tqdm bar over batches."""
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"RolloutConfig.method must be one of {METHODS}, got {self.method!r}.")
+
+
+# -- generators ---------------------------------------------------------------------------------------
+
+
+class HFGenerator:
+    """Batched ``model.generate`` over token-id requests with images (left padding; CPU or GPU)."""
+
+    def __init__(self, model, processor, config: RolloutConfig | None = None, *, suppress_tokens=None):
+        self.model, self.processor = model, processor
+        self.config = config or RolloutConfig()
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.suppress_tokens = list(suppress_tokens or [])
+        self.image_pad_id = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+
+    def __call__(self, requests: Sequence[Request]) -> list[list[int]]:
+        cfg, tok = self.config, self.tokenizer
+        pad, eos = tok.pad_token_id, tok.eos_token_id
+        device = next(self.model.parameters()).device
+        width = max(len(ids) for ids, _ in requests)
+        input_ids = torch.tensor(
+            [[pad] * (width - len(ids)) + list(ids) for ids, _ in requests], device=device
+        )
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in requests], device=device)
+        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask}
+        images = [im for _, ims in requests for im in ims]
+        if images:
+            pixels = self.processor.image_processor(images=images, return_tensors="pt")
+            inputs.update({k: v.to(device) for k, v in pixels.items()})
+            inputs["mm_token_type_ids"] = (input_ids == self.image_pad_id).long()
+        sample = cfg.temperature > 0
+        kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "do_sample": sample}
+        kwargs.update({"temperature": cfg.temperature, "top_p": cfg.top_p} if sample else {"top_k": None})
+        if self.suppress_tokens:
+            kwargs["suppress_tokens"] = self.suppress_tokens
+        with torch.no_grad():
+            out = self.model.generate(**inputs, **kwargs, pad_token_id=pad, eos_token_id=eos)
+        result = []
+        for row in out[:, width:].tolist():
+            cut = row.index(eos) + 1 if eos in row else len(row)
+            result.append(row[:cut])
+        return result
+
+
+class VLLMGenerator:
+    """vLLM over token-id requests (GPU). ``vllm`` is imported only here; pass ``llm`` to reuse an engine."""
+
+    def __init__(
+        self, model_path: str | None = None, config: RolloutConfig | None = None, *, llm=None, **llm_kw
+    ):
+        try:
+            import vllm
+        except ImportError as err:  # pragma: no cover - GPU installs only
+            raise ImportError(
+                "VLLMGenerator needs vLLM: pip install '.[gpu]' (vllm==0.31.0) on a GPU machine."
+            ) from err
+        self.config = config or RolloutConfig()
+        self.llm = llm or vllm.LLM(model=model_path, limit_mm_per_prompt={"image": 8}, **llm_kw)
+        self._params = vllm.SamplingParams(
+            max_tokens=self.config.max_new_tokens,
+            temperature=self.config.temperature,
+            top_p=self.config.top_p,
+            seed=self.config.seed,
+        )
+
+    def __call__(self, requests: Sequence[Request]) -> list[list[int]]:  # pragma: no cover - GPU only
+        rows = []
+        for ids, ims in requests:  # the same input format TRL's vLLM path sends
+            row: dict[str, Any] = {"prompt_token_ids": list(ids)}
+            if ims:
+                row["multi_modal_data"] = {"image": ims if len(ims) > 1 else ims[0]}
+            rows.append(row)
+        outs = self.llm.generate(rows, sampling_params=self._params, use_tqdm=False)
+        return [list(o.outputs[0].token_ids) for o in outs]
+
+
+# -- chat-template plumbing (TRL's recipe) --------------------------------------------------------
+
+
+def first_prompt(row: dict) -> list[dict]:
+    """The conversation of the first turn: the question image, then the instructions and question."""
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": row["image"]},
+                {"type": "text", "text": prompts.first_user_text(row["question"])},
+            ],
+        }
+    ]
+
+
+def prompt_ids(processor, row: dict) -> list[int]:
+    """Token ids of the first prompt, rendered exactly as TRL renders a conversational prompt."""
+    out = processor.apply_chat_template(
+        conversation=[first_prompt(row)], add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    return list(out["input_ids"][0])
+
+
+def tool_suffix_ids(processor, tool_messages: list[dict]) -> list[int]:
+    """Ids of the user-side turn after a tool call (TRL 1.16 ``GRPOTrainer._get_tool_suffix_ids``)."""
+    from trl.data_utils import prepare_multimodal_messages
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    dummy = [
+        {"role": "user", "content": "dummy"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"type": "function", "function": {"name": tool_messages[0]["name"], "arguments": {}}}
+            ],
+        },
+    ]
+    dummy = prepare_multimodal_messages(dummy)
+    tool_messages = prepare_multimodal_messages(tool_messages)
+    prefix = processor.apply_chat_template(
+        dummy, add_generation_prompt=False, tokenize=True, return_dict=False
+    )[0]
+    full = processor.apply_chat_template(
+        dummy + tool_messages, add_generation_prompt=True, tokenize=True, return_dict=False
+    )[0]
+    eos = [i for i, t in enumerate(prefix) if t == tokenizer.eos_token_id]
+    if eos:
+        prefix = prefix[: eos[-1] + 1]
+    if full[: len(prefix)] != prefix:
+        raise ValueError(
+            "The chat template is not prefix-preserving for tool turns; install the tag protocol."
+        )
+    return list(full[len(prefix) :])
+
+
+def parse_ids(processor, ids: list[int], prefix: list[int], tools) -> dict:
+    """Parse one assistant turn's ids as TRL does (``trl.chat_template_utils.parse_response``)."""
+    from trl.chat_template_utils import parse_response
+
+    if not ids:
+        return {}
+    return parse_response(getattr(processor, "tokenizer", processor), ids, prefix=prefix, tools=tools)
+
+
+def content_text(content) -> tuple[str, list]:
+    """A tool message's content as text (``<image>`` placeholders) and its images."""
+    if isinstance(content, str):
+        return content, []
+    text, images = [], []
+    for part in content:
+        if isinstance(part, dict) and part.get("type") == "image":
+            images.append(part.get("image"))
+            text.append("<image>")
+        elif isinstance(part, dict):
+            text.append(str(part.get("text", "")))
+    return "".join(text), images
+
+
+# -- one trajectory -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Trajectory:
+    """The state of one rollout (a row and a sample index)."""
+
+    row: dict
+    sample: int
+    env: SearchEnv
+    ids: list[int]
+    images: list
+    prompt_len: int
+    completion_ids: list[int] = field(default_factory=list)
+    tool_mask: list[int] = field(default_factory=list)
+    messages: list[dict] = field(default_factory=list)
+    """TRL-style completion messages: parsed assistant turns and tool messages."""
+    turns: list[dict] = field(default_factory=list)
+    observations: list[dict] = field(default_factory=list)
+    done: bool = False
+    stop: str = ""
+    seconds: float = 0.0
+
+    def add_turn(
+        self, processor, new_ids: list[int], *, scripted: bool = False, forced_from: str | None = None
+    ):
+        tok = getattr(processor, "tokenizer", processor)
+        parsed = parse_ids(processor, new_ids, self.ids, [self.env.search, self.env.text_search])
+        text = tok.decode(new_ids, skip_special_tokens=False)
+        turn = parse_turn(text)
+        self.ids = self.ids + list(new_ids)
+        self.completion_ids += list(new_ids)
+        self.tool_mask += [1] * len(new_ids)
+        if parsed:
+            self.messages.append(parsed)
+        rec = {
+            "text": text,
+            "kind": turn.kind,
+            "action": turn.action,
+            "reason": turn.reason,
+            "answer": turn.answer,
+            "query": turn.query,
+            "why": turn.why,
+            "tokens": len(new_ids),
+            "tool_calls": [
+                {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+                for c in (parsed.get("tool_calls") or [])
+                if isinstance(c, dict) and "function" in c
+            ],
+            "scripted": scripted,
+        }
+        if forced_from is not None:
+            rec["replaced_turn"] = forced_from
+        self.turns.append(rec)
+        return parsed
+
+    def add_tools(self, processor, tool_messages: list[dict], max_completion_length: int | None) -> bool:
+        suffix = tool_suffix_ids(processor, tool_messages)
+        if (
+            max_completion_length is not None
+            and len(self.completion_ids) + len(suffix) > max_completion_length
+        ):
+            self.done, self.stop = True, "length"
+            return False
+        self.messages.extend(tool_messages)
+        self.ids = self.ids + suffix
+        self.completion_ids += suffix
+        self.tool_mask += [0] * len(suffix)
+        for msg in tool_messages:
+            text, images = content_text(msg["content"])
+            self.images.extend(images)
+            self.observations.append(
+                {"tool": TOOL_KIND.get(msg["name"], msg["name"]), "text": text, "images": len(images)}
+            )
+        self.observations[-1]["tokens"] = len(suffix)
+        return True
+
+    def record(self, method: str, max_turns: int) -> dict:
+        final = self.turns[-1] if self.turns else {}
+        pred = final.get("answer") if final.get("action") == "answer" else None
+        counters = self.env.counters
+        statuses = [e for e in self.env.log]
+        for obs, entry in zip(self.observations, statuses, strict=False):
+            obs["status"] = entry.get("status")
+            obs["hits"] = entry.get("hits", [])
+            if entry.get("reason"):
+                obs["reason"] = entry["reason"]
+        row = self.row
+        golds = [row.get("answer", "")] + list(row.get("aliases") or [])
+        return {
+            "data_id": row.get("data_id"),
+            "question": row.get("question"),
+            "answer": row.get("answer"),
+            "aliases": list(row.get("aliases") or []),
+            "category": row.get("category"),
+            "kind": row.get("kind"),
+            "source": row.get("source"),
+            "method": method,
+            "sample": self.sample,
+            "turns": self.turns,
+            "observations": self.observations,
+            "prediction": pred,
+            "correct_em": bool(exact_match(pred, golds)),
+            "image_calls": counters["image_calls"],
+            "text_calls": counters["text_calls"],
+            "searches": counters["searches"],
+            "search_sequence": [TOOL_KIND[e["tool"]] for e in self.env.log if e.get("status") != "refused"],
+            "tool_failures": counters["failures"],
+            "tool_refused": counters["refused"],
+            "queries": counters["queries"],
+            "max_search_steps": 0 if method == "direct" else max_search_steps(self.env.config),
+            "prompt_tokens": self.prompt_len,
+            "completion_tokens": sum(self.tool_mask),
+            "tool_tokens": len(self.tool_mask) - sum(self.tool_mask),
+            "turn_count": len(self.turns),
+            "stop": self.stop or ("answer" if pred is not None else "no_answer"),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def max_search_steps(env_config: EnvConfig) -> int:
+    """Search calls one rollout can make: the paper's denominator for the calls-based search ratio."""
+    b = env_config.budgets
+    steps = min(b.max_turns - 1, b.image + b.text)
+    return min(steps, 2) if env_config.grammar == "strict" and env_config.enforce_grammar else steps
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+
+
+def _run_tool(env: SearchEnv, call: dict) -> tuple[str, Any]:
+    """Execute one parsed tool call on ``env`` as TRL does (exceptions become ``{"error": ...}``)."""
+    fn = call.get("function", {})
+    name = fn.get("name", "unknown")
+    try:
+        if call.get("type", "function") != "function":
+            raise ValueError(f"Unsupported tool call type: {call.get('type')}")
+        if name not in ("search", "text_search"):
+            raise ValueError(f"Tool {name} not found.")
+        return name, getattr(env, name)(**fn.get("arguments", {}))
+    except Exception as err:  # noqa: BLE001 - TRL's behaviour
+        return name, {"error": str(err)}
+
+
+def _run_calls(t: Trajectory, tool_calls: list, cfg: RolloutConfig) -> list[dict]:
+    """The tool messages of one round: run the calls, or (``direct``) refuse every one of them."""
+    if cfg.method != "direct":
+        return [_tool_message(*_run_tool(t.env, c)) for c in tool_calls]
+    out = []
+    for c in tool_calls:
+        name = c.get("function", {}).get("name", "unknown")
+        tool = TOOL_KIND.get(name, name)
+        text = prompts.failed_search_text(tool, cfg.direct_reason, t.row["question"], allowed=("answer",))
+        t.env.refused += 1
+        t.env.log.append({"tool": tool, "status": "refused", "reason": cfg.direct_reason})
+        out.append(_tool_message(name, text))
+    return out
+
+
+def _tool_message(name: str, result) -> dict:
+    return {"role": "tool", "name": name, "content": result if isinstance(result, list) else str(result)}
+
+
+def _scripted_ids(processor, text: str) -> list[int]:
+    tok = getattr(processor, "tokenizer", processor)
+    return tok.encode(text + tok.eos_token, add_special_tokens=False)
+
+
+def _rag_query(traj: Trajectory) -> str:
+    hits = next((e.get("hits") for e in traj.env.log if e["tool"] == "image_search" and e.get("hits")), None)
+    q = " ".join(traj.row["question"].split())
+    return (f"{hits[0]} {q}" if hits else q)[: traj.env.config.max_query_chars]
+
+
+def rollout_batch(
+    rows: Sequence[dict],
+    processor,
+    generator: Generator,
+    env_factory: Callable[[], SearchEnv],
+    config: RolloutConfig | None = None,
+    *,
+    samples: Sequence[int] | None = None,
+) -> list[Trajectory]:
+    """Run one batch of rows to the end; returns the trajectories (see `Trajectory.record`)."""
+    cfg = config or RolloutConfig()
+    budgets = cfg.env.budgets
+    trajs = []
+    for i, row in enumerate(rows):
+        env = env_factory()
+        env.reset(**row)
+        ids = prompt_ids(processor, row)
+        trajs.append(Trajectory(dict(row), samples[i] if samples else 0, env, ids, [row["image"]], len(ids)))
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, cfg.tool_workers)) as pool:
+        for turn in range(budgets.max_turns):
+            active = [t for t in trajs if not t.done]
+            if not active:
+                break
+            scripted = [t for t in active if cfg.method == "rag" and turn == 0]
+            to_generate = [t for t in active if t not in scripted]
+            for t in scripted:
+                t.add_turn(
+                    processor,
+                    _scripted_ids(processor, render_turn("image_search", cfg.rag_reasons[0])),
+                    scripted=True,
+                )
+            if to_generate:
+                for t, new in zip(
+                    to_generate, generator([(t.ids, t.images) for t in to_generate]), strict=True
+                ):
+                    t.add_turn(processor, new)
+            # RAG: the second turn must be a text search.
+            if cfg.method == "rag" and turn == 1:
+                for t in active:
+                    made = t.turns[-1]["tool_calls"]
+                    if not (made and made[0]["name"] == "text_search"):
+                        replaced = t.turns.pop()
+                        _undo_last_turn(t, replaced["tokens"])
+                        text = render_turn("text_search", cfg.rag_reasons[1], query=_rag_query(t))
+                        t.add_turn(
+                            processor,
+                            _scripted_ids(processor, text),
+                            scripted=True,
+                            forced_from=replaced["text"],
+                        )
+            pending: list[tuple[Trajectory, list]] = []
+            for t in active:
+                msg = t.messages[-1] if t.messages and t.messages[-1].get("role") == "assistant" else {}
+                tc = msg.get("tool_calls") if t.turns[-1]["tokens"] else None
+                if not tc or turn == budgets.max_turns - 1:
+                    t.done = True
+                    last = t.turns[-1]["action"]
+                    t.stop = "answer" if last == "answer" else ("max_turns" if tc else "no_action")
+                    continue
+                pending.append((t, tc))
+            results = pool.map(lambda job: _run_calls(job[0], job[1], cfg), pending)
+            for (t, _), msgs in zip(pending, results, strict=True):
+                t.add_tools(processor, msgs, cfg.max_completion_length)
+    elapsed = (time.perf_counter() - t0) / max(1, len(trajs))
+    for t in trajs:
+        t.seconds = elapsed
+    return trajs
+
+
+def _undo_last_turn(t: Trajectory, n: int) -> None:
+    """Remove the last assistant turn (``n`` ids) and its message: the RAG workflow replaces it."""
+    t.ids = t.ids[: len(t.ids) - n]
+    t.completion_ids = t.completion_ids[: len(t.completion_ids) - n]
+    t.tool_mask = t.tool_mask[: len(t.tool_mask) - n]
+    if t.messages and t.messages[-1].get("role") == "assistant":
+        t.messages.pop()
+
+
+def rollout(
+    rows: Sequence[dict],
+    processor,
+    generator: Generator,
+    env_factory: Callable[[], SearchEnv],
+    config: RolloutConfig | None = None,
+    *,
+    k: int = 1,
+    desc: str | None = None,
+) -> list[dict]:
+    """Run ``k`` rollouts of every row with ``config.method``; returns one record per (row, sample).
+
+    Rows are dataset rows in the row schema (``image``, ``question``, ``answer``, ``aliases``, ...).
+    Records come back in row order, samples of a row together.
+    """
+    cfg = config or RolloutConfig()
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if cfg.temperature > 0:
+        torch.manual_seed(cfg.seed)
+    jobs = [(row, s) for row in rows for s in range(k)]
+    batches = [jobs[i : i + cfg.batch_size] for i in range(0, len(jobs), cfg.batch_size)]
+    if cfg.progress and batches:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc=desc or f"rollout {cfg.method}", leave=False)
+    records = []
+    for batch in batches:
+        trajs = rollout_batch(
+            [r for r, _ in batch], processor, generator, env_factory, cfg, samples=[s for _, s in batch]
+        )
+        records.extend(t.record(cfg.method, cfg.env.budgets.max_turns) for t in trajs)
+    return records
+
+
+def curation_rollout_fn(
+    processor,
+    generator: Generator,
+    env_factory: Callable[[], SearchEnv],
+    config: RolloutConfig | None = None,
+):
+    """Adapt the rollout to ``curation.curate``'s ``rollout_fn(rows, *, allow_search, k)``.
+
+    ``allow_search=True`` runs ``on_demand``, ``False`` runs ``direct`` (no search ever runs); each
+    result is a ``curation.Outcome`` (exact match against the answer and aliases, searches in order).
+    Use ``temperature > 0`` in ``config`` so that the ``k`` rollouts differ.
+    """
+    from mmsearch_r1.curation import Outcome
+
+    base = config or RolloutConfig(temperature=1.0)
+
+    def fn(rows: Sequence[dict], *, allow_search: bool, k: int) -> list[list[Any]]:
+        cfg = RolloutConfig(
+            **{**base.__dict__, "method": "on_demand" if allow_search else "direct", "progress": False}
+        )
+        records = rollout(rows, processor, generator, env_factory, cfg, k=k)
+        out = []
+        for i in range(len(rows)):
+            outs = []
+            for rec in records[i * k : (i + 1) * k]:
+                seq = tuple("image" if s == "image_search" else "text" for s in rec["search_sequence"])
+                outs.append(Outcome(correct=rec["correct_em"], searches=seq))
+            out.append(outs)
+        return out
+
+    return fn
