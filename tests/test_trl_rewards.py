@@ -1,0 +1,116 @@
+"""The TRL reward function: turn splitting, golds from the row, searches from the environment counters."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmsearch_r1.protocol import render_turn
+from mmsearch_r1.tiny import build_tiny_tokenizer
+from mmsearch_r1.trl_rewards import RewardConfig, make_reward_func, message_to_tag_text, split_turns
+
+IMG = render_turn("image_search", "unknown flag")
+TXT = render_turn("text_search", "need a fact", query="Redland capital")
+ANS = render_turn("answer", "found", answer="Rubytown")
+USER = "<|im_start|>user\n<information>x <|image_pad|></information>\nQuestion: q<|im_end|>\n<|im_start|>assistant\n"
+
+
+class FakeEnv:
+    def __init__(self, image_calls=0, text_calls=0, failures=0, refused=0):
+        self.counters = {
+            "image_calls": image_calls,
+            "text_calls": text_calls,
+            "searches": image_calls + text_calls,
+            "failures": failures,
+            "refused": refused,
+            "queries": [],
+        }
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tiny_tokenizer()
+
+
+def ids_of(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_split_turns_removes_user_side_turns_and_padding():
+    decoded = f"{IMG}<|im_end|>{USER}{TXT}<|im_end|>{USER}{ANS}<|im_end|><|endoftext|><|endoftext|>"
+    assert split_turns(decoded) == [f"{IMG}<|im_end|>", f"{TXT}<|im_end|>", f"{ANS}<|im_end|>"]
+
+
+def test_reward_paper_values_from_ids_with_env_counters(tokenizer):
+    reward = make_reward_func(tokenizer)
+    completions_text = [
+        f"{ANS}<|im_end|>",  # direct, correct
+        f"{IMG}<|im_end|>{USER}{TXT}<|im_end|>{USER}{ANS}<|im_end|>",  # searched, correct
+        f"{IMG}<|im_end|>{USER}{render_turn('answer', 'guess', answer='Paris')}<|im_end|>",  # wrong
+        "<answer>Rubytown</answer><|im_end|>",  # correct but no <reason>: format 0
+    ]
+    envs = [FakeEnv(), FakeEnv(1, 1), FakeEnv(1), FakeEnv()]
+    logged = {}
+    out = reward(
+        prompts=[None] * 4,
+        completions=[[{"role": "assistant", "content": ""}]] * 4,
+        completion_ids=[ids_of(tokenizer, t) for t in completions_text],
+        answer=["Rubytown"] * 4,
+        aliases=[["Ruby Town"]] * 4,
+        environments=envs,
+        log_metric=lambda k, v: logged.__setitem__(k, v),
+    )
+    assert out == pytest.approx([1.0, 0.91, 0.1, 0.9])
+    assert logged["mmsearch/accuracy"] == pytest.approx(0.75)
+    assert logged["mmsearch/search_ratio"] == pytest.approx(0.5)
+    assert logged["mmsearch/image_calls"] == pytest.approx(0.5)
+
+
+def test_penalty_counts_searches_that_ran_not_the_text(tokenizer):
+    """A search whose result TRL dropped for length still ran: the environment says so."""
+    text = f"{ANS}<|im_end|>"
+    kwargs = dict(prompts=[None], completions=[[]], completion_ids=[ids_of(tokenizer, text)])
+    kwargs |= dict(answer=["Rubytown"], aliases=[[]], environments=[FakeEnv(text_calls=1)])
+    assert make_reward_func(tokenizer)(**kwargs) == [pytest.approx(0.91)]
+    from_text = make_reward_func(tokenizer, RewardConfig(searches_from="text"))
+    assert from_text(**kwargs) == [pytest.approx(1.0)]
+
+
+def test_aliases_count_as_gold(tokenizer):
+    text = render_turn("answer", "r", answer="ruby town") + "<|im_end|>"
+    out = make_reward_func(tokenizer)(
+        prompts=[None],
+        completions=[[]],
+        completion_ids=[ids_of(tokenizer, text)],
+        answer=["Rubytown"],
+        aliases=[["Ruby Town"]],
+    )
+    assert out == [pytest.approx(1.0)]
+
+
+def test_without_ids_turns_are_rebuilt_from_messages():
+    messages = [
+        {
+            "role": "assistant",
+            "reasoning_content": "a",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": {"name": "search", "arguments": {}}}],
+        },
+        {
+            "role": "tool",
+            "name": "search",
+            "content": [{"type": "text", "text": "<information>x</information>"}],
+        },
+        {"role": "assistant", "reasoning_content": "b", "content": "<answer>Rubytown</answer>"},
+    ]
+    assert message_to_tag_text(messages[0]) == "<reason>a</reason><search><img></search>"
+    out = make_reward_func()(
+        prompts=[None], completions=[messages], answer=["Rubytown"], environments=[FakeEnv(1)]
+    )
+    assert out == [pytest.approx(0.91)]
+
+
+def test_missing_answer_column_is_a_clear_error():
+    with pytest.raises(ValueError, match="answer"):
+        make_reward_func()(prompts=[None], completions=[[]])
+    with pytest.raises(ValueError, match="searches_from"):
+        RewardConfig(searches_from="both")
