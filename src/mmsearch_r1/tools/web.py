@@ -285,7 +285,7 @@ class WebSearch:
                 raise SearchError(f"SerpAPI error: {str(data['error'])[:200]}")
             rows = data.get("organic_results") or []
             return [{"title": r.get("title", ""), "url": r.get("link", ""), "snippet": r.get("snippet", "")}
-                    for r in rows if isinstance(r, dict) and r.get("link")]  # fmt: skip
+                    for r in rows if isinstance(r, dict) and r.get("link")][: c.candidates]  # fmt: skip
         params = {"q": query, "format": "json", "categories": "general"}
         _, _, body = await self.http.request("GET", self._searxng() + "/search", trusted=True, params=params)
         rows = _json(body, "SearXNG").get("results") or []
