@@ -114,3 +114,28 @@ def test_missing_answer_column_is_a_clear_error():
         make_reward_func()(prompts=[None], completions=[[]])
     with pytest.raises(ValueError, match="searches_from"):
         RewardConfig(searches_from="both")
+
+
+def test_native_protocol_turns_rebuilt_from_messages(tokenizer):
+    """Under the JSON tool-call protocol the raw text has <tool_call>; the parsed messages give the tags."""
+    messages = [
+        {
+            "role": "assistant",
+            "content": "<reason>a</reason>",
+            "tool_calls": [
+                {"type": "function", "function": {"name": "text_search", "arguments": {"text": "q"}}}
+            ],
+        },
+        {"role": "tool", "name": "text_search", "content": "<information>x</information>"},
+        {"role": "assistant", "content": "<reason>b</reason><answer>Rubytown</answer>"},
+    ]
+    raw = '<reason>a</reason><tool_call>\n{"name": "text_search", "arguments": {"text": "q"}}\n</tool_call><|im_end|>'
+    reward = make_reward_func(tokenizer, RewardConfig(turns_from="messages"))
+    out = reward(
+        prompts=[None],
+        completions=[messages],
+        completion_ids=[ids_of(tokenizer, raw)],
+        answer=["Rubytown"],
+        environments=[FakeEnv(text_calls=1)],
+    )
+    assert out == [pytest.approx(0.91)]

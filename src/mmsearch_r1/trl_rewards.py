@@ -52,8 +52,13 @@ class RewardConfig:
     """Turn and search budgets used by the flexible grammar check."""
     searches_from: str = "env"
     """Count searches for the penalty from the environment counters ("env") or the turns' text ("text")."""
+    turns_from: str = "ids"
+    """Read turns from the decoded completion ids ("ids": exact, tag protocol) or rebuild them from the
+    parsed messages ("messages": needed for the native JSON protocol, whose tool calls become tags)."""
 
     def __post_init__(self):
+        if self.turns_from not in ("ids", "messages"):
+            raise ValueError(f"RewardConfig.turns_from must be 'ids' or 'messages', got {self.turns_from!r}.")
         if self.searches_from not in ("env", "text"):
             raise ValueError(
                 f"RewardConfig.searches_from must be 'env' or 'text', got {self.searches_from!r}."
@@ -136,7 +141,7 @@ def make_reward_func(processing_class=None, config: RewardConfig | None = None) 
         aliases = aliases if aliases is not None else [None] * n
         rewards, rows = [], []
         for i in range(n):
-            ids = completion_ids[i] if completion_ids is not None else None
+            ids = completion_ids[i] if completion_ids is not None and config.turns_from == "ids" else None
             turns = completion_turns(completions[i], ids, tokenizer)
             golds = _golds(answer[i], aliases[i])
             parts = reward_parts(
