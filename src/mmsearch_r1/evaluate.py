@@ -1,0 +1,360 @@
+"""Evaluation harness: any policy, any dataset in the row schema, three methods, the paper's metrics.
+
+What it does:
+- `evaluate(config)` loads the policy and the datasets, runs each method (``direct``, ``rag``,
+  ``on_demand``; `mmsearch_r1.rollout`) on each dataset with the configured search engines, scores every
+  item (EM, SubEM, and the LLM judge of `mmsearch_r1.judge` when configured), and writes
+  ``runs/<name>/eval.json`` (config, summaries) and ``runs/<name>/eval_items.jsonl`` (one record per
+  item with every turn and tool observation).
+- Pure metric functions over per-item records (`score_record`, `summarize`, `summarize_groups`):
+  accuracy (EM, SubEM, judge), search ratio by both of the paper's definitions (``sr_any``: share of
+  answers that ran at least one search, §4.1; ``sr_calls``: search calls over the maximum the method
+  allows, Tab. 1 caption; RAG is 1.0 and direct 0.0 by construction), calls per question by type, tool
+  failures and refusals, the strict format rate, tokens (prompt, model, tool), and an estimated search
+  cost in dollars (what the same calls would cost on the paid web engines), per benchmark, per method,
+  per question category (search_free / search_required) and per question kind. ``avg`` is the mean over
+  benchmarks, as in the paper's Table 1.
+- `demo_stage()` evaluates the CPU demo policy on the offline world's test split (``make demo``).
+
+What it does not: no plotting or run comparison (`mmsearch_r1.analysis`), no training.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from mmsearch_r1.judge import JudgeConfig, JudgeItem, LLMJudge
+from mmsearch_r1.protocol import validate_trajectory
+from mmsearch_r1.rewards import exact_match, sub_exact_match
+
+METHOD_LABELS = {"direct": "Direct", "rag": "RAG", "on_demand": "On-demand"}
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation run."""
+
+    name: str = "eval"
+    """Run folder name: results go to ``<out_dir>/<name>/``."""
+    policy: str = "runs/demo_grpo/final"
+    """What `policy.load_policy` loads: ``tiny``, ``demo``, ``demo-sft``, a run's ``final/`` folder, a hub id."""
+    datasets: list[str] = field(default_factory=lambda: ["world:test"])
+    """Datasets: ``world:<split>``, ``synthetic``, a ``.parquet`` / ``save_to_disk`` path, or
+    ``bench:<name>[=<path>]`` (``data.load_benchmark``: fvqa_test, infoseek, mmsearch, simplevqa, livevqa)."""
+    methods: list[str] = field(default_factory=lambda: ["direct", "rag", "on_demand"])
+    """Methods to run (see `mmsearch_r1.rollout`)."""
+    engine: str = "local"
+    """Search engines: ``local`` (offline world index), ``synthetic``, ``web``, ``fvqa-cache``, ``none``."""
+    index_dir: str = ""
+    """Local index folder (empty: the tools' default)."""
+    cache_mode: str = "off"
+    """Search cache mode: ``off``, ``read-write``, ``replay-only``."""
+    cache_path: str = "data/cache/search.sqlite"
+    """Search cache file."""
+    max_items: int | None = None
+    """Evaluate at most this many items per dataset (seeded subsample); None: all."""
+    seed: int = 0
+    """Seed for subsampling and sampling."""
+    max_turns: int = 3
+    """Assistant turns per rollout (paper: 3)."""
+    max_new_tokens: int = 160
+    """Tokens per assistant turn at most."""
+    temperature: float = 0.0
+    """0: greedy (the paper's evaluation)."""
+    batch_size: int = 8
+    """Sequences per generate call."""
+    judge: bool = False
+    """Score with the LLM judge too (needs an endpoint: `JudgeConfig` / env ``MMSEARCH_JUDGE_BASE_URL``)."""
+    judge_config: JudgeConfig = field(default_factory=JudgeConfig)
+    """The judge's endpoint, model and cache."""
+    image_call_cost: float = 0.015
+    """Estimated dollars per image search on the web engines (one SerpAPI Google Lens request)."""
+    text_call_cost: float = 0.0185
+    """Estimated dollars per text search (SerpAPI search + 5 Jina reads + 5 LLM summaries)."""
+    out_dir: str = "runs"
+    """Parent folder of run folders."""
+    progress: bool = True
+    """Show progress bars."""
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+# -- pure metrics -------------------------------------------------------------------------------------
+
+
+def score_record(rec: dict, *, benchmark: str | None = None) -> dict:
+    """Add EM, SubEM, format and search flags to one rollout record (in place; returns it)."""
+    golds = [rec.get("answer") or ""] + list(rec.get("aliases") or [])
+    pred = rec.get("prediction")
+    rec["em"] = bool(exact_match(pred, golds))
+    rec["subem"] = bool(sub_exact_match(pred, golds))
+    texts = [t["text"] for t in rec.get("turns", []) if not t.get("scripted")]
+    ok, why = validate_trajectory([t["text"] for t in rec.get("turns", [])] or [""], grammar="strict")
+    rec["format_ok"], rec["format_why"] = ok, why
+    rec["model_turns"] = len(texts)
+    rec["searched"] = rec.get("searches", 0) > 0
+    rec.setdefault("judge", None)
+    if benchmark is not None:
+        rec["benchmark"] = benchmark
+    return rec
+
+
+def _mean(xs: Iterable[float]) -> float | None:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarize(
+    records: Sequence[dict], *, image_call_cost: float = 0.015, text_call_cost: float = 0.0185
+) -> dict:
+    """The metrics of a set of scored records (see the module docstring). Empty input gives ``n = 0``."""
+    n = len(records)
+    if n == 0:
+        return {"n": 0}
+    judged = [r["judge"] for r in records if r.get("judge") is not None]
+    img = sum(r.get("image_calls", 0) for r in records)
+    txt = sum(r.get("text_calls", 0) for r in records)
+    steps = sum(r.get("max_search_steps", 0) for r in records)
+    em = _mean(float(r["em"]) for r in records)
+    out = {
+        "n": n,
+        "em": em,
+        "subem": _mean(float(r["subem"]) for r in records),
+        "judge_acc": _mean(float(j) for j in judged),
+        "judged": len(judged),
+        "judge_missing": n - len(judged),
+        "sr_any": _mean(float(r.get("searches", 0) > 0) for r in records),
+        "sr_calls": (img + txt) / steps if steps else 0.0,
+        "image_calls_per_q": img / n,
+        "text_calls_per_q": txt / n,
+        "searches_per_q": (img + txt) / n,
+        "tool_failures_per_q": sum(r.get("tool_failures", 0) for r in records) / n,
+        "refused_per_q": sum(r.get("tool_refused", 0) for r in records) / n,
+        "format_ok": _mean(float(r.get("format_ok", False)) for r in records),
+        "answered": _mean(float(r.get("prediction") is not None) for r in records),
+        "turns_per_q": _mean(r.get("turn_count", 0) for r in records),
+        "prompt_tokens_per_q": _mean(r.get("prompt_tokens", 0) for r in records),
+        "model_tokens_per_q": _mean(r.get("completion_tokens", 0) for r in records),
+        "tool_tokens_per_q": _mean(r.get("tool_tokens", 0) for r in records),
+        "est_cost_usd": img * image_call_cost + txt * text_call_cost,
+    }
+    out["est_cost_per_q"] = out["est_cost_usd"] / n
+    use_judge = out["judge_acc"] is not None and not out["judge_missing"]
+    out["acc"] = out["judge_acc"] if use_judge else em
+    out["acc_metric"] = "judge" if use_judge else "em"
+    return out
+
+
+def behaviour(rec: dict, *, metric: str = "em") -> str:
+    """The answer-behaviour bucket of one record (paper Fig. 4b)."""
+    right = bool(rec.get("judge") if metric == "judge" and rec.get("judge") is not None else rec.get(metric))
+    searched = rec.get("searches", 0) > 0
+    return f"{'correct' if right else 'wrong'} {'with' if searched else 'without'} search"
+
+
+def summarize_groups(records: Sequence[dict], **cost) -> dict:
+    """``{benchmark: {method: {"all", "by_category", "by_kind", "behaviour"}}}`` plus ``avg`` per method."""
+    tree: dict = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        tree[r.get("benchmark") or "data"][r["method"]].append(r)
+    out: dict[str, Any] = {}
+    for bench, by_method in tree.items():
+        out[bench] = {}
+        for method, recs in by_method.items():
+            cats, kinds, beh = defaultdict(list), defaultdict(list), defaultdict(int)
+            for r in recs:
+                cats[r.get("category") or "unlabelled"].append(r)
+                kinds[r.get("kind") or "unlabelled"].append(r)
+                beh[behaviour(r)] += 1
+            out[bench][method] = {
+                "all": summarize(recs, **cost),
+                "by_category": {c: summarize(v, **cost) for c, v in sorted(cats.items())},
+                "by_kind": {k: summarize(v, **cost) for k, v in sorted(kinds.items())},
+                "behaviour": dict(sorted(beh.items())),
+            }
+    methods = sorted({m for b in out.values() for m in b})
+    avg = {}
+    for m in methods:
+        alls = [b[m]["all"] for b in out.values() if m in b]
+        avg[m] = {
+            k: _mean(a[k] for a in alls if a.get(k) is not None)
+            for k in ("acc", "em", "subem", "sr_any", "sr_calls")
+        }
+        avg[m]["benchmarks"] = len(alls)
+    return {"benchmarks": out, "avg": avg}
+
+
+def apply_judge(
+    records: list[dict], judge: LLMJudge, images: dict | None = None, *, progress: bool = False
+) -> None:
+    """Judge every record's prediction (in place: ``judge``, ``judge_source``, ``judge_reason``)."""
+    items = [
+        JudgeItem(r["question"], r.get("answer") or "", r.get("prediction"), list(r.get("aliases") or []),
+                  (images or {}).get(r.get("data_id")))
+        for r in records
+    ]  # fmt: skip
+    for r, v in zip(records, judge.judge_many(items, progress=progress), strict=True):
+        r["judge"], r["judge_source"], r["judge_reason"] = v.correct, v.source, v.reason
+
+
+# -- the harness ----------------------------------------------------------------------------------------
+
+
+def load_dataset_spec(spec: str, *, max_items: int | None = None, seed: int = 0):
+    """Rows in the row schema for one `EvalConfig.datasets` entry; returns ``(label, dataset)``."""
+    from mmsearch_r1.train_data import load_rows
+
+    if spec.startswith("bench:"):
+        from mmsearch_r1.data import load_benchmark
+
+        name, _, path = spec[len("bench:") :].partition("=")
+        ds = load_benchmark(name, path or None)
+        if max_items is not None and max_items < len(ds):
+            ds = ds.shuffle(seed=seed).select(range(max_items))
+        return name, ds
+    base, _, split = spec.partition(":")
+    label = spec.replace(":", "-") if base == "world" else Path(spec).stem or spec
+    return label, load_rows(base, split or "test", max_rows=max_items, seed=seed)
+
+
+def make_eval_engines(config: EvalConfig):
+    """The search engines of an evaluation (the same builder as training)."""
+    from mmsearch_r1.train_data import make_train_engines
+
+    ns = SimpleNamespace(engine=config.engine, index_dir=config.index_dir, cache_mode=config.cache_mode,
+                         cache_path=config.cache_path, run_dir=config.run_dir)  # fmt: skip
+    return make_train_engines(ns, run_dir=config.run_dir)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def evaluate(
+    config: EvalConfig | None = None,
+    *,
+    policy=None,
+    datasets: dict | None = None,
+    engines=None,
+    generator=None,
+) -> dict:
+    """Run the evaluation and write ``eval.json`` / ``eval_items.jsonl``; returns the eval.json dict.
+
+    ``policy`` (a `policy.Policy` or a ``(model, processor)`` pair), ``datasets`` (``{label: rows}``),
+    ``engines`` and ``generator`` replace what the config would load (tests, notebooks).
+    """
+    from mmsearch_r1.env import EnvConfig, make_env_factory
+    from mmsearch_r1.protocol import Budgets
+    from mmsearch_r1.rollout import HFGenerator, RolloutConfig, rollout
+    from mmsearch_r1.tiny import vision_token_ids
+
+    cfg = config or EvalConfig()
+    t0 = time.perf_counter()
+    if policy is None:
+        from mmsearch_r1.policy import load_policy
+
+        policy = load_policy(cfg.policy)
+    model, processor = (policy.model, policy.processor) if hasattr(policy, "processor") else policy
+    if datasets is None:
+        datasets = dict(load_dataset_spec(s, max_items=cfg.max_items, seed=cfg.seed) for s in cfg.datasets)
+    engines = engines if engines is not None else make_eval_engines(cfg)
+    env_cfg = EnvConfig(budgets=Budgets(max_turns=cfg.max_turns))
+    factory = make_env_factory(engines, config=env_cfg)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    items_path = run_dir / "eval_items.jsonl"
+    items_path.write_text("", encoding="utf-8")
+    judge = LLMJudge(cfg.judge_config) if cfg.judge else None
+    cost = {"image_call_cost": cfg.image_call_cost, "text_call_cost": cfg.text_call_cost}
+    all_records: list[dict] = []
+    for label, ds in datasets.items():
+        rows = [dict(r) for r in ds]
+        for method in cfg.methods:
+            rcfg = RolloutConfig(method=method, env=env_cfg, max_new_tokens=cfg.max_new_tokens,
+                                 temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed,
+                                 progress=cfg.progress)  # fmt: skip
+            gen = generator or HFGenerator(
+                model, processor, rcfg, suppress_tokens=vision_token_ids(processor)
+            )
+            recs = rollout(rows, processor, gen, factory, rcfg, desc=f"{label} {method}")
+            recs = [score_record(r, benchmark=label) for r in recs]
+            if judge is not None:
+                apply_judge(recs, judge, {r["data_id"]: r["image"] for r in rows}, progress=cfg.progress)
+            with items_path.open("a", encoding="utf-8") as f:
+                for r in recs:
+                    f.write(json.dumps({**r, "policy": cfg.policy}, default=str) + "\n")
+            all_records.extend(recs)
+    try:
+        from mmsearch_r1.tools.engines import engine_stats
+
+        stats = engine_stats(engines)
+    except Exception:  # noqa: BLE001 - stats are informative only
+        stats = {}
+    cfg_dict = asdict(cfg)
+    result = {
+        "name": cfg.name,
+        "policy": cfg.policy,
+        "config": cfg_dict,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "n_items": len(all_records),
+        **summarize_groups(all_records, **cost),
+        "engine_stats": stats,
+        "judge_stats": None if judge is None else {"calls": judge.calls, "failures": judge.failures},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    _write_json(run_dir / "eval.json", result)
+    return result
+
+
+def load_eval(run_dir: str | Path) -> tuple[dict, list[dict]]:
+    """``(eval.json, eval_items records)`` of a run folder (records empty if the jsonl is missing)."""
+    run_dir = Path(run_dir)
+    path = run_dir / "eval.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run mmsearch_r1.evaluate.evaluate (notebook 05) first.")
+    items = run_dir / "eval_items.jsonl"
+    records = (
+        [json.loads(line) for line in items.read_text().splitlines() if line.strip()]
+        if items.is_file()
+        else []
+    )
+    return json.loads(path.read_text()), records
+
+
+def results_table(result: dict) -> list[dict]:
+    """Flat rows (benchmark, method, metrics) of an eval.json dict, for display."""
+    rows = []
+    for bench, by_method in result["benchmarks"].items():
+        for method, s in by_method.items():
+            a = s["all"]
+            rows.append({"benchmark": bench, "method": METHOD_LABELS.get(method, method), "n": a["n"],
+                         "acc": a["acc"], "em": a["em"], "subem": a["subem"], "judge": a["judge_acc"],
+                         "sr_any": a["sr_any"], "sr_calls": a["sr_calls"], "img/q": a["image_calls_per_q"],
+                         "txt/q": a["text_calls_per_q"], "tokens/q": a["model_tokens_per_q"],
+                         "cost/q $": a["est_cost_per_q"]})  # fmt: skip
+    return rows
+
+
+def demo_stage(reproduce: bool = False, **changes) -> dict:
+    """``make demo``'s evaluation: direct, RAG and on-demand on the world test split with the GRPO policy."""
+    policy = changes.pop("policy", None)
+    if policy is None:
+        policy = "runs/demo_grpo/final" if Path("runs/demo_grpo/final").is_dir() else "demo-sft"
+    cfg = EvalConfig(name=changes.pop("name", "demo_eval"), policy=policy, **changes)
+    result = evaluate(cfg)
+    for row in results_table(result):
+        print(f"[eval] {row['benchmark']:<12} {row['method']:<10} n={row['n']:<4} acc={row['acc']:.3f} "
+              f"SR(any)={row['sr_any']:.2f} SR(calls)={row['sr_calls']:.2f} img/q={row['img/q']:.2f} "
+              f"txt/q={row['txt/q']:.2f}")  # fmt: skip
+    return result
