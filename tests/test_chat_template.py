@@ -18,6 +18,7 @@ from mmsearch_r1.chat_template import (
     IMAGE_TOOL,
     TEXT_TOOL,
     TagProtocolError,
+    assistant_token_mask,
     check_protocol,
     check_tag_protocol,
     install_protocol,
@@ -292,3 +293,29 @@ def test_fuzz_parser_never_raises_and_agrees_with_protocol(tokenizer, body, end)
     turn = parse_turn(text)
     fires = cut >= 0 and turn.action in ("image_search", "text_search")
     assert got == ((turn.action, turn.query) if fires else None)
+
+
+def test_assistant_token_mask_after_image_expansion(processor):
+    msgs = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": Image.new("RGB", (56, 56))},
+                {"type": "text", "text": "q"},
+            ],
+        },
+        {"role": "assistant", "content": "<reason>r</reason><search><img></search>"},
+        {
+            "role": "tool",
+            "name": IMAGE_TOOL,
+            "content": [{"type": "image", "image": Image.new("RGB", (56, 56))}],
+        },
+        {"role": "assistant", "content": "<reason>s</reason><answer>x</answer>"},
+    ]
+    ids = processor.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"][0]
+    mask = assistant_token_mask(ids, processor)
+    kept = processor.tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m])
+    assert (
+        kept
+        == "<reason>r</reason><search><img></search><|im_end|><reason>s</reason><answer>x</answer><|im_end|>"
+    )

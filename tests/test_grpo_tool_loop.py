@@ -19,6 +19,7 @@ from PIL import Image
 from search_fakes import THUMBNAILS, FakeImageEngine, FakeTextEngine
 
 from mmsearch_r1 import prompts
+from mmsearch_r1.chat_template import assistant_token_mask
 from mmsearch_r1.env import SearchEnv, make_env_factory
 from mmsearch_r1.processor import fit_image
 from mmsearch_r1.protocol import render_turn
@@ -77,31 +78,12 @@ def scripted(row, plan):
     return msgs
 
 
-def assistant_labels(ids, tokenizer):
-    """Labels that keep only assistant tokens (from after 'assistant\\n' to <|im_end|> inclusive)."""
-    start, end = tokenizer.convert_tokens_to_ids("<|im_start|>"), tokenizer.eos_token_id
-    header = tokenizer("assistant\n", add_special_tokens=False)["input_ids"]
-    ids = ids.tolist()
-    labels = [-100] * len(ids)
-    i = 0
-    while i < len(ids):
-        if ids[i] == start and ids[i + 1 : i + 1 + len(header)] == header:
-            j = i + 1 + len(header)
-            while j < len(ids):
-                labels[j] = ids[j]
-                if ids[j] == end:
-                    break
-                j += 1
-            i = j
-        i += 1
-    return torch.tensor([labels])
-
-
 def overfit(model, processor, conversations, steps=120):
     batches = []
     for msgs in conversations:
         enc = processor.apply_chat_template(msgs, tokenize=True, return_dict=True, return_tensors="pt")
-        batches.append((enc, assistant_labels(enc["input_ids"][0], processor.tokenizer)))
+        mask = torch.tensor([assistant_token_mask(enc["input_ids"][0], processor)])
+        batches.append((enc, enc["input_ids"].masked_fill(mask == 0, -100)))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for step in range(steps):

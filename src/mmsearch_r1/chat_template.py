@@ -178,6 +178,35 @@ def parse_assistant_text(processing_class, text: str, prefix: str = "<|im_start|
     return parsed
 
 
+def assistant_token_mask(input_ids, processing_class) -> list[int]:
+    """1 for the assistant's own tokens (after ``<|im_start|>assistant\n``, up to and including ``<|im_end|>``).
+
+    Works on ids AFTER image-placeholder expansion (``processor.apply_chat_template(..., tokenize=True)``),
+    where transformers' ``return_assistant_tokens_mask`` is not re-aligned for images. This is the loss
+    mask of supervised warm starts on protocol trajectories: tool results and prompts get 0.
+    """
+    tokenizer = _tokenizer_of(processing_class)
+    ids = [int(i) for i in input_ids]
+    start, end = (
+        tokenizer.convert_tokens_to_ids("<|im_start|>"),
+        tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    )
+    header = tokenizer("assistant\n", add_special_tokens=False)["input_ids"]
+    mask = [0] * len(ids)
+    i = 0
+    while i < len(ids):
+        if ids[i] == start and ids[i + 1 : i + 1 + len(header)] == header:
+            j = i + 1 + len(header)
+            while j < len(ids):
+                mask[j] = 1
+                if ids[j] == end:
+                    break
+                j += 1
+            i = j
+        i += 1
+    return mask
+
+
 def _check_gates(processing_class, *, require_markers: bool) -> list[str]:
     from trl.chat_template_utils import (
         get_training_chat_template,
