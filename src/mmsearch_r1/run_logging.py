@@ -195,6 +195,22 @@ def rollout_text(rollout: dict) -> dict:
     }
 
 
+def rollout_images(rollout: dict) -> list:
+    """The images of a rollout in order: the question image, then every thumbnail the tools returned."""
+    images = []
+    for m in [*(rollout.get("prompt") or []), *(rollout.get("completion") or [])]:
+        content = m.get("content")
+        if isinstance(content, list):
+            images += [
+                b["image"]
+                for b in content
+                if isinstance(b, dict) and b.get("type") == "image" and b.get("image")
+            ]
+    if not images and rollout.get("image") is not None:
+        images.append(rollout["image"])
+    return images
+
+
 class TimedGRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` that times generation and the tool loop and keeps the last batch's rollouts."""
 

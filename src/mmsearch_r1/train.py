@@ -61,9 +61,8 @@ class TrainResult:
 
 
 def _is_main() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
+    """Global rank 0 (read from the launcher's environment, so no process group is started here)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _versions() -> dict:
@@ -247,6 +246,8 @@ def train(
             parts["policy"].processor.save_pretrained(str(final))
             summary["final"] = str(final)
         summary["resumed_from"] = resume_from
+        summary["distributed_type"] = str(trainer.accelerator.distributed_type)
+        summary["num_processes"] = trainer.accelerator.num_processes
         (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return TrainResult(cfg.run_dir, cfg, metrics, summary, trainer, resume_from, parts)
 
