@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mmsearch_r1.chat_template import install_protocol
 from mmsearch_r1.protocol import render_turn
 from mmsearch_r1.tiny import build_tiny_tokenizer
 from mmsearch_r1.trl_rewards import RewardConfig, make_reward_func, message_to_tag_text, split_turns
@@ -28,7 +29,7 @@ class FakeEnv:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return build_tiny_tokenizer()
+    return install_protocol(build_tiny_tokenizer(), "tags")
 
 
 def ids_of(tokenizer, text):
@@ -130,12 +131,10 @@ def test_native_protocol_turns_rebuilt_from_messages(tokenizer):
         {"role": "assistant", "content": "<reason>b</reason><answer>Rubytown</answer>"},
     ]
     raw = '<reason>a</reason><tool_call>\n{"name": "text_search", "arguments": {"text": "q"}}\n</tool_call><|im_end|>'
-    reward = make_reward_func(tokenizer, RewardConfig(turns_from="messages"))
-    out = reward(
-        prompts=[None],
-        completions=[messages],
-        completion_ids=[ids_of(tokenizer, raw)],
-        answer=["Rubytown"],
-        environments=[FakeEnv(text_calls=1)],
-    )
-    assert out == [pytest.approx(0.91)]
+    kwargs = dict(prompts=[None], completions=[messages], completion_ids=[ids_of(tokenizer, raw)])
+    kwargs |= dict(answer=["Rubytown"], environments=[FakeEnv(text_calls=1)])
+    assert make_reward_func(tokenizer, RewardConfig(turns_from="messages"))(**kwargs) == [pytest.approx(0.91)]
+    assert make_reward_func(tokenizer, RewardConfig(turns_from="ids"))(**kwargs) == [pytest.approx(0.0)]
+    native = build_tiny_tokenizer()
+    install_protocol(native, "native")
+    assert make_reward_func(native)(**kwargs) == [pytest.approx(0.91)]  # "auto" reads the messages

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from mmsearch_r1.chat_template import IMAGE_TOOL, TEXT_ARG, TEXT_TOOL
+from mmsearch_r1.chat_template import IMAGE_TOOL, TAG_RESPONSE_TEMPLATE, TEXT_ARG, TEXT_TOOL
 from mmsearch_r1.protocol import Budgets
 from mmsearch_r1.rewards import penalty_factor, reward_parts
 
@@ -52,12 +52,13 @@ class RewardConfig:
     """Turn and search budgets used by the flexible grammar check."""
     searches_from: str = "env"
     """Count searches for the penalty from the environment counters ("env") or the turns' text ("text")."""
-    turns_from: str = "ids"
+    turns_from: str = "auto"
     """Read turns from the decoded completion ids ("ids": exact, tag protocol) or rebuild them from the
-    parsed messages ("messages": needed for the native JSON protocol, whose tool calls become tags)."""
+    parsed messages ("messages": needed for the native JSON protocol, whose tool calls become tags);
+    "auto" picks "ids" when the processor carries the tag protocol's parser, else "messages"."""
 
     def __post_init__(self):
-        if self.turns_from not in ("ids", "messages"):
+        if self.turns_from not in ("auto", "ids", "messages"):
             raise ValueError(f"RewardConfig.turns_from must be 'ids' or 'messages', got {self.turns_from!r}.")
         if self.searches_from not in ("env", "text"):
             raise ValueError(
@@ -126,6 +127,9 @@ def make_reward_func(processing_class=None, config: RewardConfig | None = None) 
     """
     config = config or RewardConfig()
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    use_ids = config.turns_from == "ids" or (
+        config.turns_from == "auto" and getattr(tokenizer, "response_template", None) == TAG_RESPONSE_TEMPLATE
+    )
 
     def mmsearch(
         prompts, completions, completion_ids=None, answer=None, aliases=None, **kwargs
@@ -141,7 +145,7 @@ def make_reward_func(processing_class=None, config: RewardConfig | None = None) 
         aliases = aliases if aliases is not None else [None] * n
         rewards, rows = [], []
         for i in range(n):
-            ids = completion_ids[i] if completion_ids is not None and config.turns_from == "ids" else None
+            ids = completion_ids[i] if completion_ids is not None and use_ids else None
             turns = completion_turns(completions[i], ids, tokenizer)
             golds = _golds(answer[i], aliases[i])
             parts = reward_parts(
