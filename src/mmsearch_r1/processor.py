@@ -20,6 +20,7 @@ What it does not: no tokenizer building (`mmsearch_r1.tiny`), no model loading (
 from __future__ import annotations
 
 import importlib.util
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from transformers import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from mmsearch_r1.chat_template import install_protocol
+
+logger = logging.getLogger(__name__)
 
 PATCH = 28
 """Pixels per side of one Qwen2.5-VL image token (14-pixel patches merged 2x2)."""
@@ -150,8 +153,13 @@ def load_processor(path_or_id: str | Path, sizes: ImageSizes | None = None, *, p
 
     size_kwargs = {} if sizes is None else {"min_pixels": sizes.min_pixels, "max_pixels": sizes.max_pixels}
     if has_torchvision():
-        processor = AutoProcessor.from_pretrained(str(path_or_id), **size_kwargs)
-        return install_protocol(processor, protocol)
+        try:
+            processor = AutoProcessor.from_pretrained(str(path_or_id), **size_kwargs)
+            return install_protocol(processor, protocol)
+        except (OSError, ValueError, TypeError) as err:  # e.g. a saved tiny policy has no video processor
+            logger.warning(
+                "AutoProcessor could not load %s (%s); using the image-only processor.", path_or_id, err
+            )
     tokenizer = AutoTokenizer.from_pretrained(str(path_or_id))
     image_processor = TensorQwen2VLImageProcessor.from_pretrained(str(path_or_id), **size_kwargs)
     processor = NoVideoQwen2_5_VLProcessor(
