@@ -217,6 +217,11 @@ def test_policy_calls_both_tools_and_tool_tokens_are_masked(run):
         for text in model_runs:
             assert "<|im_start|>" not in text and "<information>" not in text
         assert runs[0][0] == 1  # the model speaks first
+        for (m, t), (m_next, _) in zip(
+            runs, runs[1:], strict=False
+        ):  # paper join: no newline after <|im_end|>
+            if m == 1 and m_next == 0:
+                assert tokenizer.decode(t).endswith("<|im_end|>")
 
 
 def test_thumbnails_reach_the_vision_tower_in_generation_and_training(run):
