@@ -148,7 +148,7 @@ FIELDS = (
 
 
 def _tiny(tmp_path, **kw):
-    return preset("tiny", output_dir=str(tmp_path / "run"), max_completion_length=48, **kw)
+    return preset("tiny", **{"output_dir": str(tmp_path / "run"), "max_completion_length": 48, **kw})
 
 
 def test_grpo_run_writes_metrics_checkpoints_and_resumes(tmp_path):
@@ -182,3 +182,64 @@ def test_sigterm_checkpoints_the_current_step_and_stops(tmp_path):
     result = train(cfg, callbacks=[SigtermAt(1)])
     assert [m["step"] for m in result.metrics] == [1]
     assert (cfg.run_dir / "checkpoint-1").is_dir()
+
+
+def _overfit(model, processor, conversations, steps=100):
+    import torch
+
+    from mmsearch_r1.chat_template import assistant_token_mask
+
+    batches = []
+    for msgs in conversations:
+        enc = processor.apply_chat_template(msgs, tokenize=True, return_dict=True, return_tensors="pt")
+        mask = torch.tensor([assistant_token_mask(enc["input_ids"][0], processor)])
+        batches.append((enc, enc["input_ids"].masked_fill(mask == 0, -100)))
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(steps):
+        enc, labels = batches[step % len(batches)]
+        model(**enc, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+
+
+def test_tool_calls_reach_metrics_samples_and_rollout_images(tmp_path):
+    """A tiny policy overfit to 'image search, then answer' trains through train(): the metrics see it."""
+    import torch
+
+    from mmsearch_r1.env import SearchEnv
+    from mmsearch_r1.policy import Policy
+    from mmsearch_r1.protocol import render_turn
+    from mmsearch_r1.run_logging import rollout_images
+    from mmsearch_r1.tiny import build_tiny_policy
+    from mmsearch_r1.train import train
+    from mmsearch_r1.train_data import synthetic_engines, trl_prompt
+
+    torch.manual_seed(0)
+    engines = synthetic_engines(tmp_path / "index")
+    rows = synthetic_rows(seed=0).filter(lambda r: r["kind"] == "visual_knowledge").select([0])
+    row = rows[0]
+    env = SearchEnv(engines)
+    env.reset(**row)
+    user = trl_prompt(row["question"])[0]
+    msgs = [
+        {"role": "user", "content": [{"type": "image", "image": row["image"]}, user["content"][1]]},
+        {"role": "assistant", "content": render_turn("image_search", "I do not know this flag.")},
+        {"role": "tool", "name": "search", "content": env.search()},
+        {"role": "assistant", "content": render_turn("answer", "The results say so.", answer=row["answer"])},
+    ]
+    model, processor = build_tiny_policy(seed=0)
+    _overfit(model, processor, [msgs])
+    cfg = _tiny(tmp_path, max_steps=1, prompts_per_step=1, temperature=0.3, max_completion_length=400, save_steps=10)
+    result = train(cfg, policy=Policy(model, processor, "tiny", "tiny"), rows=rows, engines=engines)
+    (m,) = result.metrics
+    assert m["image_calls"] > 0 and m["search_ratio"] > 0 and m["tool_call_frequency"] > 0
+    assert m["tool_seconds"] > 0 and m["generation_seconds"] > 0
+    samples = [json.loads(x) for x in (cfg.run_dir / "samples.jsonl").read_text().splitlines()]
+    roles = [msg["role"] for s in samples for msg in s["messages"]]
+    assert "tool" in roles and any("<image>" in msg["content"] for s in samples for msg in s["messages"])
+    searched = [
+        r for r in result.trainer.last_rollouts if any(x.get("role") == "tool" for x in r["completion"])
+    ]
+    assert searched and len(rollout_images(searched[0])) > 1  # question image + thumbnails

@@ -166,6 +166,11 @@ def build_trainer(cfg: TrainConfig, *, policy=None, rows=None, engines=None, cal
             rows = load_rows(cfg.dataset, cfg.dataset_split, max_rows=cfg.max_train_samples, seed=cfg.seed)
         if engines is None:
             engines = make_train_engines(cfg)
+    if len(rows) < cfg.prompts_per_step:
+        raise ValueError(
+            f"The dataset has {len(rows)} rows but a step needs prompts_per_step={cfg.prompts_per_step} "
+            "different questions; lower prompts_per_step or use more rows."
+        )
     dataset = to_trl_dataset(rows)
     budgets = Budgets(max_turns=cfg.max_turns, image=cfg.image_budget, text=cfg.text_budget)
     env_factory = make_env_factory(engines, budgets, grammar=cfg.grammar)
