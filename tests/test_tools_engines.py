@@ -165,3 +165,21 @@ def test_make_engines_local(tmp_path):
         make_engines(EngineConfig(image="bing", text="none"))
     with pytest.raises(FileNotFoundError, match="no text index"):
         make_engines(EngineConfig(image="none", index_dir=str(tmp_path / "nothing")))
+
+
+class _OldImage:
+    """Stands in for a PIL image pickled by an old Pillow (4-item state, no palette)."""
+
+    def __getstate__(self):
+        return [{"dpi": (72, 72)}, "RGB", (2, 1), bytes([255, 0, 0, 0, 255, 0])]
+
+
+def test_fvqa_cache_reads_images_pickled_by_an_old_pillow(tmp_path):
+    raw = pickle.dumps({"fvqa_test_3": {"tool_returned_web_title_list": ["x"],
+                                        "tool_returned_images_urls": [_OldImage()]}}, protocol=0)  # fmt: skip
+    raw = raw.replace(f"{__name__}\n_OldImage".encode(), b"PIL.JpegImagePlugin\nJpegImageFile")
+    assert b"JpegImageFile" in raw
+    (tmp_path / "old.pkl").write_bytes(raw)
+    entry = load_fvqa_cache(tmp_path / "old.pkl")["fvqa_test_3"]
+    im = entry["tool_returned_images_urls"][0]
+    assert isinstance(im, Image.Image) and im.size == (2, 1) and im.getpixel((1, 0)) == (0, 255, 0)

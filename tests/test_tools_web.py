@@ -473,3 +473,31 @@ def test_redact_removes_keys():
     msg = "GET https://x/search?api_key=abc123&q=1 Authorization: Bearer tok-999 and serp-SECRET-1234"
     out = redact(msg, ["serp-SECRET-1234"])
     assert "abc123" not in out and "tok-999" not in out and "serp-SECRET-1234" not in out
+
+
+def test_per_host_rate_limit_spaces_request_starts(monkeypatch):
+    http = SafeHttp(NetConfig(per_host_interval_s=10.0))
+    slept: list[float] = []
+
+    async def fake_sleep(s):
+        slept.append(s)
+
+    monkeypatch.setattr("mmsearch_r1.tools.net.asyncio.sleep", fake_sleep)
+
+    async def go():
+        for host in ("a:1", "a:1", "a:1", "b:1"):
+            await http._throttle(host)
+
+    asyncio.run(go())
+    assert (
+        len(slept) == 2 and slept[0] == pytest.approx(10, abs=0.5) and slept[1] == pytest.approx(20, abs=0.5)
+    )
+
+
+def test_package_exports_are_lazy():
+    import subprocess
+    import sys
+
+    code = "import sys, mmsearch_r1.tools as t; t.EngineConfig; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

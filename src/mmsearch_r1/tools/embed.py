@@ -34,6 +34,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+FEATURES_VERSION = "2"
+"""Bump when the features an embedder produces change: indexes built with another version are rebuilt."""
+
 # (expand ratio, kernel, stride, out channels, repeats): the EfficientNet-B0/Lite0 stages.
 _STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3)]
 _STAGES += [(6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]

@@ -229,8 +229,14 @@ def build_indexes(gallery: list[dict] | None, corpus: list[dict] | None, index_d
 
 def world_indexes(index_dir: str | Path = DEFAULT_INDEX_DIR, *, rebuild: bool = False) -> Path:
     """Build the local indexes from the offline World into `index_dir` (skipped when present)."""
+    import json
+
+    from .embed import FEATURES_VERSION
+
     d = Path(index_dir)
-    if not rebuild and (d / "image" / "meta.json").exists() and (d / "text" / "meta.json").exists():
+    img_meta = d / "image" / "meta.json"
+    fresh = img_meta.exists() and json.loads(img_meta.read_text()).get("features_version") == FEATURES_VERSION
+    if not rebuild and fresh and (d / "text" / "meta.json").exists():
         return d
     from mmsearch_r1.world import build_world
 

@@ -81,6 +81,10 @@ _SAFE |= {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", 
 _SAFE |= {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar")}
 _SAFE |= {("numpy._core.multiarray", "scalar")}
 _SAFE |= {("_codecs", "encode"), ("copyreg", "_reconstructor"), ("builtins", "object")}
+_SAFE |= {
+    ("copy_reg", "_reconstructor"),
+    ("__builtin__", "object"),
+}  # protocol 0/1 pickles from Python 2 names
 
 
 class _Unpickler(pickle.Unpickler):

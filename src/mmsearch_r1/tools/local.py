@@ -282,7 +282,15 @@ def build_image_index(
     bar.close()
     np.save(out / "embeddings.npy", np.concatenate(vecs).astype(np.float16))
     _write_json(out / "records.json", meta_records)
-    _write_json(out / "meta.json", {"kind": "image", "embedder": embedder, "n": len(meta_records)})
+    from .embed import FEATURES_VERSION
+
+    meta = {
+        "kind": "image",
+        "embedder": embedder,
+        "n": len(meta_records),
+        "features_version": FEATURES_VERSION,
+    }
+    _write_json(out / "meta.json", meta)
     return out
 
 
