@@ -358,3 +358,20 @@ def demo_stage(reproduce: bool = False, **changes) -> dict:
               f"SR(any)={row['sr_any']:.2f} SR(calls)={row['sr_calls']:.2f} img/q={row['img/q']:.2f} "
               f"txt/q={row['txt/q']:.2f}")  # fmt: skip
     return result
+
+
+def format_trajectory(rec: dict, *, width: int = 300) -> str:
+    """A readable transcript of one item record: question, each turn, each observation, the verdicts."""
+    lines = [
+        f"[{rec.get('method')}] {rec.get('data_id')}: {rec.get('question')}  (gold: {rec.get('answer')})"
+    ]
+    obs = iter(rec.get("observations", []))
+    for i, turn in enumerate(rec.get("turns", []), 1):
+        tag = " (scripted)" if turn.get("scripted") else ""
+        lines.append(f"  assistant {i}{tag}: {turn['text'][:width]}")
+        if turn.get("tool_calls") and i < len(rec.get("turns", [])):
+            o = next(obs, None)
+            if o is not None:
+                lines.append(f"  tool [{o['tool']}, {o.get('status')}]: {o['text'][:width]}")
+    lines.append(f"  prediction: {rec.get('prediction')!r}  EM={rec.get('em')}  judge={rec.get('judge')}")
+    return "\n".join(lines)
