@@ -123,3 +123,32 @@ def test_simulated_rollout_fn_is_deterministic_and_respects_knowledge():
     assert all(o.correct and not o.searches for o in no[0]) and not any(o.correct for o in no[1])
     assert all(o.correct and o.searches == ("image", "text") for o in yes[1])
     assert fn(rows, allow_search=True, k=4) == yes
+
+
+def test_curate_with_the_tiny_policy_through_the_inference_rollout():
+    """Any loadable policy plugs in via rollout.curation_rollout_fn; a random tiny one mostly fails."""
+    from mmsearch_r1.env import make_env_factory
+    from mmsearch_r1.rollout import HFGenerator, RolloutConfig, curation_rollout_fn
+    from mmsearch_r1.tiny import build_tiny_policy, vision_token_ids
+    from mmsearch_r1.tools.types import Engines, ImageHit, TextHit
+
+    class Img:
+        name = "fake-image"
+
+        def search_image(self, image, *, k=5):
+            return [ImageHit(title="Flag of Peru", url="world://country/PE/flag", thumbnail=image.copy())]
+
+    class Txt:
+        name = "fake-text"
+
+        def search_text(self, query, *, k=5):
+            return [TextHit(title="Peru", url="p", summary="Lima is the capital of Peru.")]
+
+    model, processor = build_tiny_policy()
+    cfg = RolloutConfig(temperature=1.0, max_new_tokens=6, batch_size=4, progress=False)
+    gen = HFGenerator(model, processor, cfg, suppress_tokens=vision_token_ids(processor))
+    fn = curation_rollout_fn(processor, gen, make_env_factory(Engines(Img(), Txt())), cfg)
+    res = curate(_rows(3), fn, CurationConfig(k=2, free_ratio=0.5))
+    assert set(res.labels) == {"q0", "q1", "q2"}
+    assert set(res.labels.values()) <= {"dropped", "search_free", "search_required"}
+    assert res.stats["n_in"] == 3 and len(res.dataset) == res.stats["n_out"] <= 3
