@@ -23,6 +23,7 @@ from mmsearch_r1.tools.local import (
     build_image_index,
     build_text_index,
     extractive_summary,
+    reduce_index,
     tokenize,
 )
 from mmsearch_r1.tools.types import ImageHit, ImageSearchEngine, SearchError, TextHit, TextSearchEngine
@@ -94,6 +95,23 @@ def test_image_search_k_larger_than_gallery_and_async(image_index, gallery):
     eng = LocalImageEngine.load(image_index)
     hits = asyncio.run(eng.asearch_image(draw("green", "square"), k=100))
     assert len(hits) == len(gallery) and hits[0].title == "green square"
+
+
+def test_large_gallery_is_projected_without_changing_the_ranking(tmp_path, gallery, image_index):
+    exact = LocalImageEngine.load(image_index)
+    small = build_image_index(
+        gallery, tmp_path, embedder="pixel", show_progress=False, exact_below=5, reduced_dim=16
+    )
+    red = LocalImageEngine.load(small)
+    r = min(16, len(gallery))  # a 12-image gallery spans at most 12 dimensions
+    assert red.emb.shape == (len(gallery), r) and red.proj.shape == (320, r)
+    for c in COLOURS:
+        q = draw(c, "square").resize((120, 120))
+        assert [h.title for h in red.search_image(q, k=3)] == [h.title for h in exact.search_image(q, k=3)]
+    assert reduce_index(small, 8) == small and LocalImageEngine.load(small).proj.shape == (
+        320,
+        r,
+    )  # idempotent
 
 
 def test_image_index_rejects_bad_records(tmp_path):

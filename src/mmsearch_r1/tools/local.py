@@ -250,8 +250,13 @@ def build_image_index(
     thumb_size: int = 256,
     batch_size: int = 16,
     show_progress: bool = True,
+    exact_below: int = 20_000,
+    reduced_dim: int = 256,
 ) -> Path:
-    """Embed a gallery ``{image, title, url, text}`` into `out_dir` (embeddings, thumbnails, records)."""
+    """Embed a gallery ``{image, title, url, text}`` into `out_dir` (embeddings, thumbnails, records).
+
+    Galleries of `exact_below` images or more are projected to `reduced_dim` dimensions (`reduce_index`)
+    so that brute-force search stays fast; smaller ones keep exact features."""
     out = Path(out_dir)
     (out / "thumbs").mkdir(parents=True, exist_ok=True)
     if not records:
@@ -291,7 +296,37 @@ def build_image_index(
         "features_version": FEATURES_VERSION,
     }
     _write_json(out / "meta.json", meta)
+    if len(meta_records) >= exact_below:
+        reduce_index(out, reduced_dim)
     return out
+
+
+def reduce_index(index_dir: str | Path, dim: int = 256, sample: int = 2048, seed: int = 0) -> Path:
+    """Project a saved image index to `dim` dimensions with an uncentred PCA fitted on a sample.
+
+    Dot products with gallery vectors are preserved exactly when the gallery spans at most `dim`
+    dimensions, approximately otherwise; the projection is saved as ``proj.npy`` and applied to
+    queries. Replaces ``embeddings.npy`` by the projected float32 vectors."""
+    d = Path(index_dir)
+    emb = np.load(d / "embeddings.npy", mmap_mode="r")
+    if (d / "proj.npy").exists() or emb.shape[1] <= dim:
+        return d
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(emb), size=min(sample, len(emb)), replace=False))
+    _, _, vt = np.linalg.svd(np.asarray(emb[idx], dtype=np.float32), full_matrices=False)
+    proj = np.ascontiguousarray(
+        vt[:dim].T.astype(np.float32)
+    )  # (full dim, ≤ dim): fewer when the sample is smaller
+    out = np.lib.format.open_memmap(
+        d / "embeddings.tmp.npy", mode="w+", dtype=np.float32, shape=(len(emb), proj.shape[1])
+    )
+    for i in range(0, len(emb), 16384):
+        out[i : i + 16384] = np.asarray(emb[i : i + 16384], dtype=np.float32) @ proj
+    out.flush()
+    del out, emb
+    np.save(d / "proj.npy", proj)
+    (d / "embeddings.tmp.npy").replace(d / "embeddings.npy")
+    return d
 
 
 class LocalImageEngine:
@@ -299,8 +334,10 @@ class LocalImageEngine:
 
     name = "local-image"
 
-    def __init__(self, index_dir: Path, emb: np.ndarray, records: list[dict], embedder_name: str):
+    def __init__(self, index_dir: Path, emb: np.ndarray, records: list[dict], embedder_name: str, proj=None):
         self.index_dir, self.emb, self.records, self.embedder_name = index_dir, emb, records, embedder_name
+        self.proj: np.ndarray | None = proj
+        """Query projection (full dim × reduced dim) of a reduced index, else None."""
         self._embedder = None
 
     @classmethod
@@ -315,7 +352,8 @@ class LocalImageEngine:
         if emb.shape[0] * emb.shape[1] <= 100_000_000:  # up to ~400 MB as float32: keep in RAM
             emb = np.asarray(emb, dtype=np.float32)
         records = json.loads((d / "records.json").read_text())
-        return cls(d, emb, records, meta["embedder"])
+        proj = np.load(d / "proj.npy") if (d / "proj.npy").exists() else None
+        return cls(d, emb, records, meta["embedder"], proj)
 
     @property
     def embedder(self):
@@ -327,6 +365,8 @@ class LocalImageEngine:
 
     def rank(self, image: Image.Image, k: int = 5) -> list[tuple[int, float]]:
         q = self.embedder.embed([image])[0].astype(np.float32)
+        if self.proj is not None and q.shape[0] == self.proj.shape[0]:
+            q = q @ self.proj
         if q.shape[0] != self.emb.shape[1]:
             raise SearchError(
                 f"image index {self.index_dir} has {self.emb.shape[1]}-d embeddings but the "
