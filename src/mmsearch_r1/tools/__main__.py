@@ -7,8 +7,9 @@
 
 Local engines read ``--index-dir`` (default: env MMSEARCH_INDEX_DIR or data/world/index; build it with
 ``build-index``, which builds the offline World first). Web engines read their keys from env vars
-(see ``web.py``). ``--cache PATH --cache-mode read-write|replay-only`` puts the record/replay cache in
-front. Failures print as one error line (exit code 2), never a traceback.
+(see ``web.py``) and record their calls in ``--cache PATH`` (default data/cache/search.sqlite) unless
+``--cache-mode off``; ``--cache-mode replay-only`` answers only from the cache.
+Failures print as one error line (exit code 2), never a traceback.
 
 What it does not: no formatting for the policy; thumbnails are not displayed (``--save-thumbs DIR``
 writes them as PNG files).
@@ -38,8 +39,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--k", type=int, default=5)
         s.add_argument("--index-dir", default=None)
         s.add_argument("--mode", default="bm25", choices=["bm25", "dense", "hybrid"])
-        s.add_argument("--cache", default=None, help="SQLite cache file")
-        s.add_argument("--cache-mode", default="read-write", choices=["read-write", "replay-only"])
+        s.add_argument("--cache", default=None, help="SQLite cache file (default data/cache/search.sqlite)")
+        s.add_argument("--cache-mode", default="read-write", choices=["off", "read-write", "replay-only"])
         s.add_argument("--data-id", default=None, help="fvqa-cache: the question's data_id")
         s.add_argument("--fvqa-cache-file", action="append", default=[])
         s.add_argument("--save-thumbs", default=None)
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.index_dir:
         cfg.index_dir = a.index_dir
     if a.cache:
-        cfg.cache.path, cfg.cache.mode = a.cache, a.cache_mode
+        cfg.cache.path = a.cache
+    cfg.cache.mode = a.cache_mode  # used by web engines only (local ones are not cached)
     cfg.fvqa.cache_files = a.fvqa_cache_file
     try:
         if a.cmd == "image":

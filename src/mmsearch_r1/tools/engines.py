@@ -247,11 +247,14 @@ def world_indexes(index_dir: str | Path = DEFAULT_INDEX_DIR, *, rebuild: bool = 
 def make_engines(config: EngineConfig | None = None) -> Engines:
     """Build the configured engines, each wrapped as cache (optional) → guard."""
     cfg = config or EngineConfig()
-    cache = SearchCache(cfg.cache.path, cfg.cache.mode) if cfg.cache.mode != "off" else None
+    cache: SearchCache | None = None
     web: WebSearch | None = None
 
     def wrap(inner: Any, kind: str, cacheable: bool) -> GuardedEngine:
-        if cache is not None and cacheable:
+        nonlocal cache
+        if cacheable and cfg.cache.mode != "off":  # opened only when an engine uses it
+            if cache is None:
+                cache = SearchCache(cfg.cache.path, cfg.cache.mode)
             inner = CachedEngine(inner, cache, cfg.cache.cost_per_call)
         guarded = GuardedEngine(inner, kind)
         guarded.cache = cache
@@ -286,7 +289,7 @@ def make_engines(config: EngineConfig | None = None) -> Engines:
         text = wrap(get_web(), "text", True)
     elif cfg.text != "none":
         raise ValueError(f"unknown text engine {cfg.text!r}; use local, web or none")
-    extra = {"image": cfg.image, "text": cfg.text, "cache_mode": cfg.cache.mode,
+    extra = {"image": cfg.image, "text": cfg.text, "cache_mode": cfg.cache.mode if cache is not None else "off",
              "cache_path": str(cfg.cache.path) if cache is not None else None}  # fmt: skip
     return Engines(image=image, text=text, extra=extra)
 

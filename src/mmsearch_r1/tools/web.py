@@ -317,6 +317,7 @@ class WebSearch:
         return title, text[: c.max_page_chars]
 
     async def summarize(self, text: str, question: str) -> str:
+        """Summary of a page focused on `question` (the search query: a tool call carries only the query)."""
         c = self.config
         if c.summarizer == "extractive":
             return extractive_summary(text, question, max_sentences=5, max_chars=900)
