@@ -34,7 +34,13 @@ $(STAMP): pyproject.toml requirements-assets.txt
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mmsearch-r1)" >/dev/null
 	touch $(STAMP)
 
-setup: $(STAMP)
+# Public-domain flag PNGs from the npm registry (needs npm). Without npm the world falls back to the
+# flags that ship in the flagpy package (fewer, lower fidelity); the leading '-' allows that.
+FLAGS := data/world/vendor/svg-country-flags/package/png250px
+$(FLAGS): | $(STAMP)
+	-$(PY) -m mmsearch_r1.world fetch-flags
+
+setup: $(STAMP) $(FLAGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
