@@ -125,3 +125,18 @@ def test_demo_stage_draws_everything_from_the_folders(runs, tmp_path, capsys):
     assert "grpo_p0: penalty 0.0" in out and "final search ratio" in out
     empty = demo_stage(runs_dir=tmp_path / "nothing", figures_dir=tmp_path / "f2")
     assert empty == {}
+
+
+def test_finding5_and_labels(runs):
+    from mmsearch_r1.analysis import discover, finding5, label_evals
+
+    found = discover(runs["root"])
+    labels = label_evals(found["eval"])
+    assert set(labels) == {"base", "grpo_p01", "grpo_p0"}
+    f5 = finding5(found["train"], found["eval"], benchmark="world-test").set_index("run")
+    assert f5.loc["grpo_p0", "final_search_ratio"] == pytest.approx(
+        0.5 + 0.5 * 15.5 / 20
+    )  # mean of the last 10 steps
+    assert f5.loc["grpo_p01", "sr_search_required"] == pytest.approx(2 / 3)
+    assert f5.loc["grpo_p01", "acc_gap_vs_rag"] == pytest.approx(2 / 3 - 1)
+    assert f5.loc["grpo_p01", "fewer_searches_vs_rag"] == pytest.approx(1 - (2 / 3) / 2)

@@ -319,6 +319,43 @@ def _policy_label(run: Run) -> str:
     )
 
 
+def label_evals(runs: Sequence[Run]) -> dict[str, Run]:
+    """Label eval runs by policy (base, warm start, the trained run's name); the eval name breaks ties."""
+    out: dict[str, Run] = {}
+    for r in runs:
+        label = _policy_label(r)
+        out[label if label not in out else f"{label} ({r.name})"] = r
+    return out
+
+
+def finding5(
+    train_runs: Sequence[Run], eval_runs: Sequence[Run], *, benchmark: str = "world-train"
+) -> pd.DataFrame:
+    """The paper's Finding 5 in numbers: each run's final search ratio, and on the training questions
+    its search ratio per category and its accuracy and searches against the RAG workflow."""
+    rows = []
+    evals = {Path(str(r.eval.get("policy", ""))).parent.name: r for r in eval_runs if r.eval}
+    for run in train_runs:
+        row = {"run": run.name, "penalty": run.config.get("penalty"), "dataset": run.config.get("dataset"),
+               "final_search_ratio": final_value(run), "final_reward": final_value(run, "reward")}  # fmt: skip
+        ev = evals.get(run.name)
+        bench = (ev.eval["benchmarks"].get(benchmark) or {}) if ev else {}
+        if "on_demand" in bench:
+            od = bench["on_demand"]
+            row["acc"] = od["all"]["acc"]
+            for cat, s in od["by_category"].items():
+                row[f"sr_{cat}"] = s["sr_any"]
+            if "rag" in bench:
+                rag = bench["rag"]["all"]
+                row["rag_acc"] = rag["acc"]
+                row["acc_gap_vs_rag"] = od["all"]["acc"] - rag["acc"]
+                row["fewer_searches_vs_rag"] = 1 - od["all"]["searches_per_q"] / max(
+                    rag["searches_per_q"], 1e-9
+                )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _penalty_of(run: Run, runs_dir: Path) -> float | None:
     policy = Path(str(run.eval.get("policy", "")))
     cfg = policy.parent / "config.json"
@@ -342,7 +379,8 @@ def demo_stage(
                   f"final search ratio {final_value(r) if final_value(r) is not None else float('nan'):.2f}, "
                   f"final reward {final_value(r, 'reward') or 0:.3f}")  # fmt: skip
     if found["eval"]:
-        evals = {_policy_label(r): r for r in found["eval"]}
+        evals = label_evals(found["eval"])
+        bench = "world-test" if any("world-test" in r.eval["benchmarks"] for r in found["eval"]) else None
         table = table1(evals, include_paper=False)
         print(table.to_string(index=False))
         written["table1"] = str(figures_dir / "table1.md")
@@ -350,13 +388,13 @@ def demo_stage(
         Path(written["table1"]).write_text(
             table1(evals).to_markdown(index=False) if _has_tabulate() else table1(evals).to_string()
         )
-        beh = behaviour_breakdown(evals)
+        beh = behaviour_breakdown(evals, benchmark=bench)
         if len(beh):
             written["behaviour"] = str(plot_behaviour(beh, figures_dir / "answer_behaviour.png"))
         pens = {p: r for r in found["eval"] if (p := _penalty_of(r, runs_dir)) is not None}
         if pens:
             rag = next((r.eval["avg"].get("rag") for r in found["eval"] if "rag" in r.eval["avg"]), None)
-            fr = frontier(pens)
+            fr = frontier(pens, benchmark=bench)
             if len(fr):
                 point = None
                 if rag:
@@ -368,6 +406,10 @@ def demo_stage(
                     ]
                     point = (rag_all[0]["sr_any"], rag_all[0]["acc"]) if rag_all else None
                 written["frontier"] = str(plot_frontier(fr, figures_dir / "frontier.png", rag=point))
+    if found["train"]:
+        f5 = finding5(found["train"], found["eval"])
+        print("[figures] Finding 5 (final search ratio; on training questions: SR by category, vs RAG):")
+        print(f5.round(3).to_string(index=False))
     if not written:
         print(f"[figures] no run folders with metrics.jsonl or eval.json under {runs_dir}/; nothing to draw")
     return written

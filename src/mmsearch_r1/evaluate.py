@@ -346,18 +346,44 @@ def results_table(result: dict) -> list[dict]:
     return rows
 
 
-def demo_stage(reproduce: bool = False, **changes) -> dict:
-    """``make demo``'s evaluation: direct, RAG and on-demand on the world test split with the GRPO policy."""
+DEMO_EVAL_ITEMS = 16
+"""Test questions per method in ``make demo`` (the 135M demo policy needs seconds per rollout on 2 cores)."""
+
+
+def _print_rows(result: dict) -> None:
+    for row in results_table(result):
+        print(f"[eval] {result['name']:<18} {row['benchmark']:<12} {row['method']:<10} n={row['n']:<4} "
+              f"acc={row['acc']:.3f} SR(any)={row['sr_any']:.2f} SR(calls)={row['sr_calls']:.2f} "
+              f"img/q={row['img/q']:.2f} txt/q={row['txt/q']:.2f}")  # fmt: skip
+
+
+def demo_stage(reproduce: bool = False, **changes) -> list[dict]:
+    """``make demo``'s evaluation: direct, RAG and on-demand on the world test split with the GRPO policy.
+
+    ``reproduce`` adds on-demand evaluations of the base and warm-start policies (answer-behaviour
+    breakdown) and of every other trained run under ``runs/`` with a ``final/`` folder (the frontier over
+    penalties), on the test split and on the training questions (Finding 5). ``changes`` override
+    `EvalConfig` fields of every evaluation (e.g. ``max_items``).
+    """
+    changes.setdefault("max_items", DEMO_EVAL_ITEMS)
     policy = changes.pop("policy", None)
     if policy is None:
         policy = "runs/demo_grpo/final" if Path("runs/demo_grpo/final").is_dir() else "demo-sft"
-    cfg = EvalConfig(name=changes.pop("name", "demo_eval"), policy=policy, **changes)
-    result = evaluate(cfg)
-    for row in results_table(result):
-        print(f"[eval] {row['benchmark']:<12} {row['method']:<10} n={row['n']:<4} acc={row['acc']:.3f} "
-              f"SR(any)={row['sr_any']:.2f} SR(calls)={row['sr_calls']:.2f} img/q={row['img/q']:.2f} "
-              f"txt/q={row['txt/q']:.2f}")  # fmt: skip
-    return result
+    jobs = [EvalConfig(**{"name": "demo_eval", "policy": policy, **changes})]
+    if reproduce:
+        on_demand = {**changes, "methods": ["on_demand"]}
+        jobs.append(EvalConfig(**{"name": "eval_base", "policy": "demo", **on_demand}))
+        jobs.append(EvalConfig(**{"name": "eval_warmstart", "policy": "demo-sft", **on_demand}))
+        for final in sorted(Path(changes.get("out_dir", "runs")).glob("*/final")):
+            if (final.parent / "metrics.jsonl").is_file():
+                spec = {**changes, "methods": ["rag", "on_demand"], "datasets": ["world:test", "world:train"]}
+                jobs.append(EvalConfig(**{"name": f"eval_{final.parent.name}", "policy": str(final), **spec}))
+    results = []
+    for cfg in jobs:
+        result = evaluate(cfg)
+        _print_rows(result)
+        results.append(result)
+    return results
 
 
 def format_trajectory(rec: dict, *, width: int = 300) -> str:
