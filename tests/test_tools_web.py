@@ -107,6 +107,18 @@ def make_handler(fake: Fake):
                     return self._send(int(f), b'{"error": "try later"}', headers={"Retry-After": "0"})
                 if f == "malformed":
                     return self._send(200, b'{"organic_results": [ {"title": ')
+                if f == "drip":  # headers at once, then one byte every 0.1 s: no single read times out
+                    self.send_response(200)
+                    self.send_header("Content-Length", "40")
+                    self.end_headers()
+                    for _ in range(40):
+                        time.sleep(0.1)
+                        try:
+                            self.wfile.write(b" ")
+                            self.wfile.flush()
+                        except (BrokenPipeError, ConnectionResetError):
+                            return
+                    return
                 if f == "huge":
                     return self._send(200, b"x" * 3_000_000)
                 if f == "redirect-private":
@@ -348,6 +360,14 @@ def test_timeout_is_retried_then_reported(fake):
         w.search_text("q", k=1)
     assert w.http.counters["timeouts"] == 2 and e.value.retryable
     assert_no_key(e.value)
+
+
+def test_slowly_dripping_answer_hits_the_total_deadline(fake):
+    fake.faults["serpapi"] = ["drip"]
+    w = web(fake, net=net(retries=0, timeout_s=0.3))
+    with pytest.raises(SearchError, match="no complete answer"):
+        w.search_text("q", k=1)
+    assert w.http.counters["timeouts"] == 1
 
 
 def test_malformed_json_and_huge_body(fake):

@@ -192,7 +192,14 @@ class SafeHttp:
         attempt = 0
         while True:
             try:
-                return await self._once(method, url, trusted, params, headers, json_body, content, truncate)
+                once = self._once(method, url, trusted, params, headers, json_body, content, truncate)
+                try:  # httpx timeouts are per read; this bounds a slowly dripping answer too
+                    return await asyncio.wait_for(once, cfg.timeout_s * 3)
+                except asyncio.TimeoutError:
+                    self.count("timeouts")
+                    raise SearchError(
+                        f"no complete answer within {cfg.timeout_s * 3:.0f}s", retryable=True
+                    ) from None
             except SearchError as e:
                 if not e.retryable or attempt >= cfg.retries:
                     self.count("failures")
