@@ -13,8 +13,8 @@ same conversation at test time:
 - at most ``budgets.max_turns`` assistant turns (TRL's ``max_tool_calling_iterations = max_turns - 1``):
   a search in the last turn is not run.
 Generation is batched across questions (left padding) with HF ``generate`` (`HFGenerator`, CPU or
-GPU) or vLLM (`VLLMGenerator`, imported only when used); any callable with the `Generator` signature
-works (tests script the model outputs with one).
+GPU) or vLLM (`VLLMGenerator`, imported only when used), both in `mmsearch_r1.generation`; any callable
+with the `Generator` signature works (tests script the model outputs with one).
 
 Methods: ``on_demand`` (the policy decides), ``direct`` (every search is refused with an observation
 that says search is off, so the policy answers from what it knows; zero searches run), ``rag`` (the
@@ -42,16 +42,12 @@ import torch
 
 from mmsearch_r1 import prompts
 from mmsearch_r1.env import EnvConfig, SearchEnv
+from mmsearch_r1.generation import Generator, HFGenerator, Request, VLLMGenerator  # noqa: F401 - re-exported
 from mmsearch_r1.protocol import parse_turn, render_turn
 from mmsearch_r1.rewards import exact_match
 
 METHODS = ("on_demand", "direct", "rag")
 TOOL_KIND = {"search": "image_search", "image_search": "image_search", "text_search": "text_search"}
-
-Request = tuple[list[int], list]
-"""One generation request: the token ids so far and the images they reference, in order."""
-Generator = Callable[[Sequence[Request]], list[list[int]]]
-"""Maps requests to the new turn's token ids (ending with the end-of-turn token when it stopped)."""
 
 
 @dataclass
@@ -90,80 +86,6 @@ class RolloutConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"RolloutConfig.method must be one of {METHODS}, got {self.method!r}.")
-
-
-# -- generators ---------------------------------------------------------------------------------------
-
-
-class HFGenerator:
-    """Batched ``model.generate`` over token-id requests with images (left padding; CPU or GPU)."""
-
-    def __init__(self, model, processor, config: RolloutConfig | None = None, *, suppress_tokens=None):
-        self.model, self.processor = model, processor
-        self.config = config or RolloutConfig()
-        self.tokenizer = getattr(processor, "tokenizer", processor)
-        self.suppress_tokens = list(suppress_tokens or [])
-        self.image_pad_id = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-
-    def __call__(self, requests: Sequence[Request]) -> list[list[int]]:
-        cfg, tok = self.config, self.tokenizer
-        pad, eos = tok.pad_token_id, tok.eos_token_id
-        device = next(self.model.parameters()).device
-        width = max(len(ids) for ids, _ in requests)
-        input_ids = torch.tensor(
-            [[pad] * (width - len(ids)) + list(ids) for ids, _ in requests], device=device
-        )
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in requests], device=device)
-        inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask}
-        images = [im for _, ims in requests for im in ims]
-        if images:
-            pixels = self.processor.image_processor(images=images, return_tensors="pt")
-            inputs.update({k: v.to(device) for k, v in pixels.items()})
-            inputs["mm_token_type_ids"] = (input_ids == self.image_pad_id).long()
-        sample = cfg.temperature > 0
-        kwargs: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "do_sample": sample}
-        kwargs.update({"temperature": cfg.temperature, "top_p": cfg.top_p} if sample else {"top_k": None})
-        if self.suppress_tokens:
-            kwargs["suppress_tokens"] = self.suppress_tokens
-        with torch.no_grad():
-            out = self.model.generate(**inputs, **kwargs, pad_token_id=pad, eos_token_id=eos)
-        result = []
-        for row in out[:, width:].tolist():
-            cut = row.index(eos) + 1 if eos in row else len(row)
-            result.append(row[:cut])
-        return result
-
-
-class VLLMGenerator:
-    """vLLM over token-id requests (GPU). ``vllm`` is imported only here; pass ``llm`` to reuse an engine."""
-
-    def __init__(
-        self, model_path: str | None = None, config: RolloutConfig | None = None, *, llm=None, **llm_kw
-    ):
-        try:
-            import vllm
-        except ImportError as err:  # pragma: no cover - GPU installs only
-            raise ImportError(
-                "VLLMGenerator needs vLLM: pip install '.[gpu]' (vllm==0.31.0) on a GPU machine."
-            ) from err
-        self.config = config or RolloutConfig()
-        self.llm = llm or vllm.LLM(model=model_path, limit_mm_per_prompt={"image": 8}, **llm_kw)
-        self._params = vllm.SamplingParams(
-            max_tokens=self.config.max_new_tokens,
-            temperature=self.config.temperature,
-            top_p=self.config.top_p,
-            seed=self.config.seed,
-        )
-
-    def __call__(self, requests: Sequence[Request]) -> list[list[int]]:  # pragma: no cover - GPU only
-        rows = []
-        for ids, ims in requests:  # the same input format TRL's vLLM path sends
-            row: dict[str, Any] = {"prompt_token_ids": list(ids)}
-            if ims:
-                row["multi_modal_data"] = {"image": ims if len(ims) > 1 else ims[0]}
-            rows.append(row)
-        outs = self.llm.generate(rows, sampling_params=self._params, use_tqdm=False)
-        return [list(o.outputs[0].token_ids) for o in outs]
 
 
 # -- chat-template plumbing (TRL's recipe) --------------------------------------------------------
