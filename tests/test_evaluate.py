@@ -160,3 +160,8 @@ def test_evaluate_end_to_end_writes_run_folder(tmp_path):
     assert {r["method"] for r in results_table(saved)} == {"Direct", "RAG", "On-demand"}
     # The synthetic index answers the textual question: on-demand searched but answered 'Corla' everywhere.
     assert by["on_demand"]["all"]["em"] == pytest.approx(sum(r["answer"] == "Corla" for r in rows) / 4)
+
+
+def test_bad_backend_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="backend"):
+        evaluate(EvalConfig(backend="onnx", out_dir=str(tmp_path)), policy=(None, None), datasets={})

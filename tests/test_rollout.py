@@ -253,3 +253,14 @@ def test_config_errors_and_denominator():
     with pytest.raises(ValueError, match="method"):
         RolloutConfig(method="sometimes")
     assert max_search_steps(RolloutConfig().env) == 2
+
+
+def test_unknown_tool_becomes_an_error_result_like_trl():
+    from mmsearch_r1.rollout import _run_tool
+
+    env = make_env_factory(_engines())()
+    env.reset(**_rows()[0])
+    name, result = _run_tool(env, {"type": "function", "function": {"name": "browse", "arguments": {}}})
+    assert (name, result) == ("browse", {"error": "Tool browse not found."})
+    name, result = _run_tool(env, {"type": "function", "function": {"name": "text_search", "arguments": {}}})
+    assert "error" in result and env.log[-1]["status"] == "error" and env.text_calls == 0

@@ -70,6 +70,9 @@ class EvalConfig:
     """0: greedy (the paper's evaluation)."""
     batch_size: int = 8
     """Sequences per generate call."""
+    backend: str = "hf"
+    """Generation: ``hf`` (transformers ``generate``, CPU or GPU) or ``vllm`` (GPU; the policy must be a
+    full checkpoint folder or hub id that vLLM can load)."""
     judge: bool = False
     """Score with the LLM judge too (needs an endpoint: `JudgeConfig` / env ``MMSEARCH_JUDGE_BASE_URL``)."""
     judge_config: JudgeConfig = field(default_factory=JudgeConfig)
@@ -261,6 +264,17 @@ def evaluate(
 
     cfg = config or EvalConfig()
     t0 = time.perf_counter()
+    if cfg.backend not in ("hf", "vllm"):
+        raise ValueError(f"EvalConfig.backend must be 'hf' or 'vllm', got {cfg.backend!r}.")
+    if policy is None and cfg.backend == "vllm" and generator is None:
+        from mmsearch_r1.processor import load_processor
+        from mmsearch_r1.rollout import RolloutConfig, VLLMGenerator
+
+        policy = (None, load_processor(cfg.policy))
+        sampling = RolloutConfig(
+            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed
+        )
+        generator = VLLMGenerator(cfg.policy, sampling)
     if policy is None:
         from mmsearch_r1.policy import load_policy
 

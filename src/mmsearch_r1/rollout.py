@@ -274,7 +274,11 @@ class Trajectory:
             "image_calls": counters["image_calls"],
             "text_calls": counters["text_calls"],
             "searches": counters["searches"],
-            "search_sequence": [TOOL_KIND[e["tool"]] for e in self.env.log if e.get("status") != "refused"],
+            "search_sequence": [
+                TOOL_KIND.get(e["tool"], e["tool"])
+                for e in self.env.log
+                if e.get("status") in ("ok", "failed")
+            ],
             "tool_failures": counters["failures"],
             "tool_refused": counters["refused"],
             "queries": counters["queries"],
@@ -309,6 +313,7 @@ def _run_tool(env: SearchEnv, call: dict) -> tuple[str, Any]:
             raise ValueError(f"Tool {name} not found.")
         return name, getattr(env, name)(**fn.get("arguments", {}))
     except Exception as err:  # noqa: BLE001 - TRL's behaviour
+        env.log.append({"tool": TOOL_KIND.get(name, name), "status": "error", "reason": str(err)[:300]})
         return name, {"error": str(err)}
 
 
