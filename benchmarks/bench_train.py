@@ -1,0 +1,121 @@
+"""Training profile of the CPU demo policy: seconds per GRPO step split into generation, tool calls and the
+rest (reward, log-probs, backward, optimizer), generated tokens per second, peak memory.
+
+Runs a few GRPO steps of the ``cpu_demo`` preset (`mmsearch_r1.config.PRESETS`) with the warm-started demo
+policy (``demo-sft``) when notebook 02 has produced it, else the un-warm-started ``demo`` policy (same model,
+same cost per token; its rollouts differ), else the tiny policy (said so in the JSON). Writes
+``benchmarks/results/train.json``.
+
+    python benchmarks/bench_train.py [--steps 3] [--model demo-sft|demo|tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def pick_model() -> tuple[str, str]:
+    """The policy to profile and why."""
+    from mmsearch_r1.policy import DEMO_SFT_DIR
+
+    if (DEMO_SFT_DIR / "config.json").is_file() or (DEMO_SFT_DIR / "adapter_config.json").is_file():
+        return "demo-sft", "the warm-started CPU demo policy"
+    try:
+        from mmsearch_r1.demo_policy import ensure_demo_policy
+
+        ensure_demo_policy()
+        return (
+            "demo",
+            "the CPU demo policy before its warm start (notebook 02 has not run): same cost per token",
+        )
+    except Exception as err:  # noqa: BLE001 - fall back, and say why
+        return "tiny", f"the tiny policy: the demo policy is unavailable ({type(err).__name__}: {err})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--model", default=None, help="demo-sft, demo or tiny (default: the best available)")
+    args = parser.parse_args(argv)
+
+    from mmsearch_r1.config import preset
+    from mmsearch_r1.train import train
+
+    model, why = (args.model, "chosen on the command line") if args.model else pick_model()
+    base = "tiny" if model == "tiny" else "cpu_demo"
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = preset(base, model=model, max_steps=args.steps, save_steps=10_000, save_final=False,
+                     output_dir=str(Path(tmp) / "run"), resume="never", log_samples=0)  # fmt: skip
+        t0 = time.perf_counter()
+        result = train(cfg)
+        wall = time.perf_counter() - t0
+    rollouts = cfg.prompts_per_step * cfg.num_generations
+    steps = []
+    for m in result.metrics:
+        gen_tokens = (m.get("completion_tokens") or 0) * rollouts
+        steps.append(
+            {
+                "step": m["step"],
+                "seconds": m["step_seconds"],
+                "generation_s": m["generation_seconds"],
+                "tools_s": m["tool_seconds"],
+                "rest_s": m["other_seconds"],
+                "generated_tokens": gen_tokens,
+                "generated_tokens_per_s": gen_tokens / m["generation_seconds"]
+                if m["generation_seconds"]
+                else None,
+                "image_calls_per_rollout": m["image_calls"],
+                "text_calls_per_rollout": m["text_calls"],
+                "search_ratio": m["search_ratio"],
+            }
+        )
+    later = steps[1:] or steps  # the first step pays one-off warm-up costs
+
+    def med(key):
+        vals = [s[key] for s in later if s[key] is not None]
+        return statistics.median(vals) if vals else None
+
+    out = {
+        "what": "seconds per GRPO step of the cpu_demo preset, split by phase (median over steps 2..n)",
+        "policy": model,
+        "policy_note": why,
+        "preset": base,
+        "rollouts_per_step": rollouts,
+        "max_completion_length": cfg.max_completion_length,
+        "steps": len(steps),
+        "seconds_per_step": med("seconds"),
+        "generation_s": med("generation_s"),
+        "tools_s": med("tools_s"),
+        "rest_s (rewards, log-probs, backward, optimizer)": med("rest_s"),
+        "generated_tokens_per_s": med("generated_tokens_per_s"),
+        "peak_memory_mb": result.summary.get("peak_memory_mb"),
+        "wall_seconds_including_setup": wall,
+        "per_step": steps,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+        },  # fmt: skip
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "train.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in out.items() if k != "per_step"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
