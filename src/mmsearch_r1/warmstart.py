@@ -1,0 +1,382 @@
+"""Supervised warm start (notebook 02): teach a policy the tag protocol with TRL's ``SFTTrainer``.
+
+What it does, in order (`run_warmstart`):
+1. loads the policy (`mmsearch_r1.policy.load_policy`; default the CPU demo policy) and the world, the
+   question pool and the local engines;
+2. measures the language model's real knowledge boundary (`warmstart_data.probe_knowledge`: k samples
+   without search, as curation does) and picks the entities the vision tower will recognise (a
+   parameter: ``visual_known``);
+3. for the demo's new vision tower, teaches it those entities (`vision_align.align_vision`);
+4. builds protocol trajectories for the train split with real tool results (`warmstart_data`);
+5. fine-tunes with ``trl.SFTTrainer`` with the loss on the policy's own tokens only: `ProtocolCollator`
+   renders each conversation with the chat template's ``{% generation %}`` markers
+   (``return_assistant_tokens_mask``), expands the image placeholders, and sets every other label to
+   -100 (TRL's own ``assistant_only_loss`` needs transformers >= 5.18 for vision data; this collator is
+   the same rule written for 5.15-5.17);
+6. saves the policy (``output_dir/final``, what ``load_policy("demo-sft")`` reads) and measures it on the
+   validation split (`warmstart_eval`): accuracy, strict-format validity, search ratio, and the RAG check
+   (accuracy when the first turn is forced to search) on questions that need a search.
+
+With a GPU model id and distilled trajectories the same code is the paper's SFT baseline.
+
+What it does not: no RL (``train``), no curation; no tokenisation of its own besides the collator.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from mmsearch_r1.env import EnvConfig
+from mmsearch_r1.vision_align import VisionAlignConfig
+from mmsearch_r1.warmstart_data import (
+    ProbeConfig,
+    build_trajectories,
+    knowledge_summary,
+    plan_for,
+    probe_knowledge,
+)
+
+
+@dataclass
+class WarmStartConfig:
+    """One warm-start run (defaults: the CPU demo policy)."""
+
+    model: str = "demo"
+    """Policy to start from: "demo", "tiny", a local folder or a hub id (`load_policy`)."""
+    output_dir: str = "runs/warmstart"
+    """Run folder: config, metrics, trajectories summary, and the policy in ``final/``."""
+    seed: int = 0
+    """Seed of sampling, splits and training."""
+    visual_known: int = 60
+    """How many entities the vision tower learns to recognise: the most populous ones whose name is a
+    single token (a stand-in for prominence); drawn across all splits. 0: it recognises none."""
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """Knowledge probe of the language model (k samples without search)."""
+    align: bool = True
+    """Teach the vision tower first (`vision_align`); off for pretrained VLMs."""
+    vision: VisionAlignConfig = field(default_factory=VisionAlignConfig)
+    """Vision-tower alignment settings."""
+    env: EnvConfig = field(default_factory=lambda: EnvConfig(image_k=3, text_k=3))
+    """Search settings of the trajectories and the evaluation (keep equal to RL's)."""
+    max_train_rows: int | None = 320
+    """Trajectories used for SFT (seeded sample of the train split); None: all."""
+    max_length: int = 900
+    """Longer trajectories (tokens, images included) are left out."""
+    epochs: float = 1.0
+    """Passes over the trajectories."""
+    batch_size: int = 4
+    """Trajectories per device step."""
+    grad_accum: int = 2
+    """Gradient accumulation steps."""
+    lr: float = 1e-4
+    """Peak learning rate (cosine decay, 5% warm-up)."""
+    train_top_layers: int = 8
+    """Language-model layers trained, counted from the top (-1: all, with the embeddings frozen). The
+    frozen layers below run without autograd, which is most of the CPU saving."""
+    train_vision: bool = False
+    """Also train the vision tower during SFT."""
+    eval_rows: int | None = 96
+    """Validation rows measured after training (seeded sample); 0 skips evaluation."""
+    eval_batch_size: int = 8
+    """Rollouts per generate call."""
+    smoke: bool = False
+    """Tiny sizes everywhere and the ``tiny`` policy instead of ``demo`` (about a minute on CPU), for tests."""
+
+    def shrink_for_smoke(self) -> WarmStartConfig:
+        """A copy with smoke sizes."""
+        c = WarmStartConfig(**{**self.__dict__})
+        c.model = "tiny" if self.model == "demo" else self.model  # the demo's 135M LM is minutes, not seconds
+        c.probe = ProbeConfig(k=1, max_new_tokens=4, batch_size=64)
+        c.vision = VisionAlignConfig(steps=3, batch_size=8)
+        c.max_train_rows, c.eval_rows, c.max_length, c.epochs, c.batch_size, c.grad_accum = (
+            8,
+            4,
+            900,
+            1.0,
+            2,
+            1,
+        )
+        c.visual_known = min(self.visual_known, 10)
+        return c
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process so far (GiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def freeze_for_sft(model, train_top_layers: int, train_vision: bool) -> int:
+    """Freeze all but the top ``train_top_layers`` language layers (+ final norm; the vision tower if asked;
+    an untied output layer when all layers train).
+    Returns the number of trainable parameters."""
+    base = getattr(model, "model", model)
+    lm = base.language_model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layers = lm.layers if train_top_layers < 0 else lm.layers[len(lm.layers) - train_top_layers :]
+    for layer in layers:
+        for p in layer.parameters():
+            p.requires_grad_(True)
+    for p in lm.norm.parameters():
+        p.requires_grad_(True)
+    head = model.get_output_embeddings()
+    if train_top_layers < 0 and head is not None and head.weight is not model.get_input_embeddings().weight:
+        head.weight.requires_grad_(True)  # an untied output layer is trained with all layers
+    if train_vision:
+        for p in base.visual.parameters():
+            p.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class ProtocolCollator:
+    """Batches ``{"messages": json, "images": [PIL]}`` rows for SFT with loss on assistant tokens only.
+
+    The chat template's ``{% generation %}`` markers give the assistant mask (the assistant turns' text and
+    their ``<|im_end|>``); each ``<|image_pad|>`` is expanded to the image's token count, as the processor
+    does; labels are the input ids on assistant tokens and -100 elsewhere (prompt, tool results, images,
+    padding). Padding is on the right.
+    """
+
+    def __init__(self, processor, max_length: int | None = None):
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.image_processor = processor.image_processor
+        self.max_length = max_length
+        self.pad_id = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        self.merge = getattr(self.image_processor, "merge_size", 2)
+
+    def encode(self, example: dict) -> dict:
+        """One example: ``input_ids``, ``assistant_mask`` (image placeholders expanded) and image tensors."""
+        msgs = (
+            json.loads(example["messages"]) if isinstance(example["messages"], str) else example["messages"]
+        )
+        r = self.tokenizer.apply_chat_template(
+            msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        ids, mask = list(r["input_ids"]), list(r["assistant_masks"])
+        images = list(example.get("images") or [])
+        n_pads = ids.count(self.pad_id)
+        if n_pads != len(images):
+            raise ValueError(
+                f"example has {n_pads} image placeholders but {len(images)} images; fix the trajectory"
+            )
+        out: dict = {}
+        counts: list[int] = []
+        if images:
+            img = self.image_processor(images=images, return_tensors="pt")
+            out = {"pixel_values": img["pixel_values"], "image_grid_thw": img["image_grid_thw"]}
+            counts = (img["image_grid_thw"].prod(-1) // self.merge**2).tolist()
+        eids, emask, k = [], [], 0
+        for t, m in zip(ids, mask, strict=True):
+            if t == self.pad_id:
+                eids += [t] * counts[k]
+                emask += [0] * counts[k]
+                k += 1
+            else:
+                eids.append(t)
+                emask.append(m)
+        return {"input_ids": eids, "assistant_mask": emask, **out}
+
+    def __call__(self, examples: list[dict]) -> dict:
+        enc = [self.encode(e) for e in examples]
+        if self.max_length is not None:
+            too_long = [len(e["input_ids"]) for e in enc if len(e["input_ids"]) > self.max_length]
+            if too_long:
+                raise ValueError(
+                    f"examples of {too_long} tokens exceed max_length={self.max_length}; filter them first"
+                )
+        width = max(len(e["input_ids"]) for e in enc)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(enc), width), pad, dtype=torch.long)
+        att = torch.zeros((len(enc), width), dtype=torch.long)
+        labels = torch.full((len(enc), width), -100, dtype=torch.long)
+        for i, e in enumerate(enc):
+            n = len(e["input_ids"])
+            ids[i, :n] = torch.tensor(e["input_ids"])
+            att[i, :n] = 1
+            m = torch.tensor(e["assistant_mask"], dtype=torch.bool)
+            labels[i, :n][m] = ids[i, :n][m]
+        batch = {"input_ids": ids, "attention_mask": att, "labels": labels,
+                 "mm_token_type_ids": (ids == self.pad_id).long()}  # fmt: skip
+        with_img = [e for e in enc if "pixel_values" in e]
+        if with_img:
+            batch["pixel_values"] = torch.cat([e["pixel_values"] for e in with_img])
+            batch["image_grid_thw"] = torch.cat([e["image_grid_thw"] for e in with_img])
+        return batch
+
+
+def sft(policy, rows: list[dict], cfg: WarmStartConfig, output_dir: Path) -> dict:
+    """Fine-tune ``policy.model`` in place on trajectory rows with ``trl.SFTTrainer``; returns log metrics."""
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    collator = ProtocolCollator(policy.processor, cfg.max_length)
+    ds = datasets.Dataset.from_list(rows)
+    args = SFTConfig(
+        output_dir=str(output_dir / "sft"),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        gradient_checkpointing=False,
+        remove_unused_columns=False,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        max_length=None,
+        seed=cfg.seed,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    trainer = SFTTrainer(model=policy.model, args=args, train_dataset=ds, processing_class=policy.processor,
+                         data_collator=collator)  # fmt: skip
+    t0 = time.perf_counter()
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"sft_seconds": time.perf_counter() - t0, "sft_steps": trainer.state.global_step,
+            "sft_loss_first": losses[0] if losses else None, "sft_loss_last": losses[-1] if losses else None,
+            "sft_losses": losses}  # fmt: skip
+
+
+def pick_visual_known(world, tokenizer, n: int) -> set[str]:
+    """The ``n`` most populous entities whose name is a single token (what the vision tower can learn)."""
+    from mmsearch_r1.vision_align import single_token_names
+
+    ents = sorted(world.entities, key=lambda e: -e.facts.get("population", 0))
+    ok = set(single_token_names(tokenizer, [e.name for e in ents]))
+    return {e.id for e in [x for x in ents if x.name in ok][:n]}
+
+
+def _sample(ds, n: int | None, seed: int) -> list[dict]:
+    rows = [dict(r) for r in ds]
+    if n is not None and n < len(rows):
+        rows = random.Random(seed).sample(rows, n)
+    return rows
+
+
+def run_warmstart(cfg: WarmStartConfig | None = None, *, world=None, pool=None, engines=None) -> dict:
+    """Run the whole warm start (see the module docstring); returns the metrics also written to
+    ``output_dir/metrics.json``. ``world``/``pool``/``engines`` default to the offline world's."""
+    from mmsearch_r1.policy import load_policy
+    from mmsearch_r1.tools.engines import make_engines, world_indexes
+    from mmsearch_r1.warmstart_eval import rollout, score
+    from mmsearch_r1.world import build_world
+
+    cfg = cfg or WarmStartConfig()
+    if cfg.smoke:
+        cfg = cfg.shrink_for_smoke()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    world = world or build_world()
+    if pool is None:
+        from mmsearch_r1.questions import QuestionConfig, build_pool
+
+        pool = build_pool(world, QuestionConfig(seed=cfg.seed, max_entities=24 if cfg.smoke else None))
+    if engines is None:
+        world_indexes()
+        engines = make_engines()
+    policy = load_policy(cfg.model)
+    m: dict = {"model": cfg.model, "params": policy.num_parameters()}
+    from mmsearch_r1.demo_policy import cache_root
+
+    knowledge = probe_knowledge(policy.model, policy.tokenizer, world, cfg.probe,
+                                cache_dir=None if cfg.smoke else cache_root())  # fmt: skip
+    m["knowledge"] = knowledge_summary(knowledge)
+    visual_known = pick_visual_known(world, policy.tokenizer, cfg.visual_known) if cfg.visual_known else set()
+    m["visual_known"] = len(visual_known)
+    if cfg.align:
+        from mmsearch_r1.vision_align import align_vision
+
+        m.update(align_vision(policy.model, policy.processor, world, visual_known, cfg.vision))
+    rows = _sample(pool["train"], cfg.max_train_rows, cfg.seed)
+    t0 = time.perf_counter()
+    traj, stats = build_trajectories(rows, world, engines, visual_known, knowledge, cfg.env)
+    collator = ProtocolCollator(policy.processor)
+    lengths = [len(collator.encode(r)["input_ids"]) for r in traj]
+    traj = [r for r, n in zip(traj, lengths, strict=True) if n <= cfg.max_length]
+    m.update({"trajectory_seconds": time.perf_counter() - t0, "trajectories": len(traj),
+              "trajectory_plans": dict(stats), "trajectory_tokens_mean": sum(lengths) / max(len(lengths), 1),
+              "trajectory_search_share": sum("search" in r["plan"] for r in traj) / max(len(traj), 1)})  # fmt: skip
+    m["trainable_params"] = freeze_for_sft(policy.model, cfg.train_top_layers, cfg.train_vision)
+    m.update(sft(policy, traj, cfg, out))
+    for p in policy.model.parameters():
+        p.requires_grad_(True)
+    policy.model.config.use_cache = True
+    policy.save(out / "final")
+    m["train_seconds"] = time.perf_counter() - t_start
+    m["peak_rss_gib_after_train"] = peak_rss_gib()
+    if cfg.eval_rows != 0:
+        val = _sample(pool["validation"], cfg.eval_rows, cfg.seed)
+        needs = lambda row: "search" in " ".join(plan_for(row, visual_known, knowledge))  # noqa: E731
+        t0 = time.perf_counter()
+        eps = rollout(policy, val, engines, env_config=cfg.env, batch_size=cfg.eval_batch_size, seed=cfg.seed)
+        m["eval_greedy"] = score(eps, needs)
+        need_rows = [r for r in val if needs(r)]
+        rag = rollout(
+            policy, need_rows, engines, env_config=cfg.env, force="search", batch_size=cfg.eval_batch_size
+        )
+        m["eval_rag_on_unknown"] = score(rag)["all"]
+        sampled = rollout(policy, val, engines, env_config=cfg.env, temperature=1.0, batch_size=cfg.eval_batch_size,
+                          seed=cfg.seed)  # fmt: skip
+        m["eval_t1"] = score(sampled, needs)
+        m["eval_seconds"] = time.perf_counter() - t0
+        (out / "eval_examples.json").write_text(json.dumps(
+            [{"question": e["row"]["question"], "answer": e["row"]["answer"], "turns": e["turns"],
+              "acc": e["acc"], "format": e["format"]} for e in eps[:40]], indent=1))  # fmt: skip
+    m["total_seconds"] = time.perf_counter() - t_start
+    m["peak_rss_gib"] = peak_rss_gib()
+    (out / "metrics.json").write_text(json.dumps(m, indent=2, default=str))
+    return m
+
+
+def demo_stage(reproduce: bool = False) -> dict:
+    """`make demo`'s warm-start stage: the default run (skipped when ``runs/warmstart/final`` exists)."""
+    cfg = WarmStartConfig()
+    done = Path(cfg.output_dir) / "metrics.json"
+    if (Path(cfg.output_dir) / "final" / "config.json").is_file() and done.is_file():
+        print(f"warm start: reusing {cfg.output_dir}/final (delete it to retrain)")
+        return json.loads(done.read_text())
+    m = run_warmstart(cfg)
+    print(summary_line(m))
+    return m
+
+
+def summary_line(m: dict) -> str:
+    """One line of the run's key numbers."""
+    g = m.get("eval_greedy", {}).get("all", {})
+    rag = m.get("eval_rag_on_unknown", {})
+    return (
+        f"warm start: {m.get('total_seconds', 0):.0f} s, peak {m.get('peak_rss_gib', 0):.1f} GiB, "
+        f"val acc {g.get('acc', float('nan')):.2f}, format {g.get('format', float('nan')):.2f}, "
+        f"search ratio {g.get('searched', float('nan')):.2f}, RAG acc on unknown {rag.get('acc', float('nan')):.2f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m mmsearch_r1.warmstart [--smoke] [--output-dir DIR] [--model NAME]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m mmsearch_r1.warmstart", description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--model", default="demo")
+    p.add_argument("--output-dir", default="runs/warmstart")
+    a = p.parse_args(argv)
+    print(summary_line(run_warmstart(WarmStartConfig(model=a.model, output_dir=a.output_dir, smoke=a.smoke))))
+
+
+if __name__ == "__main__":
+    main()

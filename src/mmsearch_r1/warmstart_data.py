@@ -1,0 +1,275 @@
+"""Warm-start data: the language model's real knowledge boundary, and protocol trajectories from the world.
+
+What it does:
+- `probe_knowledge`: asks the base policy's language model (no image, no search) each fact the world's
+  questions need (capital, continent) for every entity, greedily and with ``k`` samples, as the paper's
+  curation does (k rollouts without search), and labels a fact *known* when the share of correct answers
+  reaches a threshold. For the demo policy this is SmolLM2-135M's real knowledge (cached on disk).
+- `build_trajectories`: for each question row, the trajectory an ideal policy with that knowledge takes:
+  a direct answer when it recognises the entity and knows the fact; an image search when it does not
+  recognise the image; a text search when it lacks the fact; image then text search when it lacks both.
+  Tool results are real: each search runs through `mmsearch_r1.env.SearchEnv` and the local engines,
+  so the observations are byte for byte those of RL and evaluation. Rows whose search does not return
+  the answer (image search top hit wrong, answer not in the text results) are dropped and counted: the
+  warm start only shows searches that pay, so that copying from results is learned right.
+- Output rows: ``messages`` (JSON, image blocks as placeholders), ``images`` (question image, then
+  thumbnails, in order), ``plan`` (the action sequence), and the row's ids, for ``SFTTrainer``.
+
+What it does not: no training (``warmstart``), no model of its own; reasoning texts are the project's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mmsearch_r1 import prompts
+from mmsearch_r1.env import EnvConfig, SearchEnv
+from mmsearch_r1.protocol import render_turn
+from mmsearch_r1.rewards import exact_match, normalize_answer, sub_exact_match
+from mmsearch_r1.world import World
+
+FACTS = {
+    "capital": ("What is the capital city of {name}?", "The capital of {name} is"),
+    "continent": ("On which continent is {name}?", "{name} is in"),
+}
+"""Probe question and answer cue per fact (the cue is also the reasoning text before a direct answer)."""
+FACT_OF_TEMPLATE = {
+    "flag_capital": "capital", "outline_capital": "capital", "capital_of": "capital",
+    "flag_continent": "continent", "continent_of": "continent",
+}  # fmt: skip
+"""Which fact a question template asks for (templates not listed need none)."""
+NOUN = {"flag": "flag", "outline": "map"}
+
+
+@dataclass
+class ProbeConfig:
+    """How the language model's knowledge is measured."""
+
+    k: int = 4
+    """Samples per fact (besides one greedy answer)."""
+    temperature: float = 0.7
+    """Sampling temperature of the k samples."""
+    threshold: float = 0.5
+    """A fact is known when at least this share of the k + 1 answers is correct."""
+    max_new_tokens: int = 8
+    """Tokens generated after the cue."""
+    batch_size: int = 64
+    """Prompts per generate call."""
+    seed: int = 0
+    """Sampling seed."""
+
+
+def _fact_gold(world: World, entity_id: str, fact: str) -> list[str]:
+    f = world.entity(entity_id).facts
+    return [f[fact], *f.get(f"{fact}_aliases", [])]
+
+
+def _first_phrase(text: str) -> str:
+    for stop in ("<|im_end|>", "\n", ".", ","):
+        text = text.split(stop)[0]
+    return text.strip()
+
+
+@torch.no_grad()
+def probe_knowledge(model, tokenizer, world: World, cfg: ProbeConfig | None = None, facts=tuple(FACTS),
+                    cache_dir: str | Path | None = None) -> dict[str, dict]:  # fmt: skip
+    """``{"<entity_id>|<fact>": {"greedy", "samples", "score", "known"}}`` for every entity and fact.
+
+    The language model answers in its own chat format (``What is the capital city of X?``, answer
+    started with the cue ``The capital of X is``); an answer is correct when it matches the gold fact or
+    an alias (exact match after normalisation, or the gold inside a continent answer). With
+    ``cache_dir`` the result is stored under a key of the model, world and settings.
+    """
+    cfg = cfg or ProbeConfig()
+    key_src = json.dumps([getattr(model.config, "_name_or_path", ""), str(world.build_dir), sorted(facts),
+                          asdict(cfg), len(world)], sort_keys=True)  # fmt: skip
+    cache = (
+        Path(cache_dir) / f"knowledge-{hashlib.sha1(key_src.encode()).hexdigest()[:10]}.json"
+        if cache_dir
+        else None
+    )
+    if cache is not None and cache.is_file():
+        return json.loads(cache.read_text())
+    jobs = [(e.id, f) for e in world.entities for f in facts if e.facts.get(f)]
+    prompts_ = []
+    for eid, fact in jobs:
+        q, cue = FACTS[fact]
+        name = world.entity(eid).name
+        prompts_.append(
+            f"<|im_start|>user\n{q.format(name=name)}<|im_end|>\n<|im_start|>assistant\n{cue.format(name=name)}"
+        )
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    model.eval()
+    answers: list[list[str]] = [[] for _ in jobs]
+    torch.manual_seed(cfg.seed)
+    try:
+        for start in tqdm(range(0, len(jobs), cfg.batch_size), desc="knowledge probe"):
+            batch = tokenizer(prompts_[start : start + cfg.batch_size], return_tensors="pt", padding=True)
+            n = batch["input_ids"].shape[1]
+            for sample in range(cfg.k + 1):
+                kw = {"do_sample": False} if sample == 0 else {"do_sample": True, "temperature": cfg.temperature,
+                                                                 "top_k": 0, "top_p": 1.0}  # fmt: skip
+                out = model.generate(
+                    **batch, max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id, **kw
+                )
+                for i, ids in enumerate(out[:, n:]):
+                    answers[start + i].append(_first_phrase(tokenizer.decode(ids, skip_special_tokens=False)))
+    finally:
+        tokenizer.padding_side = side
+    result = {}
+    for (eid, fact), outs in zip(jobs, answers, strict=True):
+        golds = _fact_gold(world, eid, fact)
+        ok = [exact_match(a, golds) or (fact == "continent" and sub_exact_match(a, golds)) for a in outs]
+        score = sum(ok) / len(ok)
+        result[f"{eid}|{fact}"] = {
+            "greedy": outs[0],
+            "samples": outs[1:],
+            "score": score,
+            "known": score >= cfg.threshold,
+        }
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def knowledge_summary(knowledge: dict[str, dict]) -> dict[str, float]:
+    """Counts and shares of known facts per fact type (for the notebook and the report)."""
+    out: dict[str, float] = {}
+    for fact in FACTS:
+        vals = [v for k, v in knowledge.items() if k.endswith("|" + fact)]
+        if vals:
+            out[f"{fact}_known"] = sum(v["known"] for v in vals)
+            out[f"{fact}_n"] = len(vals)
+            out[f"{fact}_greedy_acc"] = sum(
+                v["score"] > 0 and bool(v["greedy"]) and v["known"] for v in vals
+            ) / len(vals)
+            out[f"{fact}_mean_score"] = sum(v["score"] for v in vals) / len(vals)
+    return out
+
+
+# --------------------------------------------------------------------------- trajectories
+
+
+def plan_for(row: dict, visual_known: set[str], knowledge: dict[str, dict]) -> tuple[str, ...]:
+    """The ideal action sequence for ``row`` under the knowledge boundary (one of the strict sequences)."""
+    template, eid = row["template"], row["entity_id"]
+    fact = FACT_OF_TEMPLATE.get(template)
+    sees = eid in visual_known
+    knows = bool(fact) and knowledge.get(f"{eid}|{fact}", {}).get("known", False)
+    if row["kind"] == "search_free":
+        return ("answer",)
+    if row["kind"] == "visual_knowledge":
+        return ("answer",) if sees else ("image_search", "answer")
+    if row["kind"] == "text_only":
+        return ("answer",) if knows else ("text_search", "answer")
+    if sees:
+        return ("answer",) if knows else ("text_search", "answer")
+    return ("image_search", "answer") if knows else ("image_search", "text_search", "answer")
+
+
+def _fact_sentence(fact: str, name: str, value: str) -> str:
+    return FACTS[fact][1].format(name=name) + f" {value}."
+
+
+def _query(fact: str, name: str) -> str:
+    return f"capital of {name}" if fact == "capital" else f"{name} continent"
+
+
+def trajectory(row: dict, plan: tuple[str, ...], world: World, env: SearchEnv, colour: str | None = None):
+    """Run ``plan`` on ``row`` through ``env`` and write the turns. Returns (messages, images) or a drop reason."""
+    eid, template = row["entity_id"], row["template"]
+    ent = world.entity(eid)
+    name, fact = ent.name, FACT_OF_TEMPLATE.get(template)
+    view = "outline" if template.startswith("outline") else "flag"
+    noun = NOUN[view]
+    env.reset(**row)
+    messages = [{"role": "user", "content": prompts.first_user_content(row["question"])}]
+    images = [row["image"]]
+    seen = []  # reasoning so far, carried into the next turn's reason
+
+    def say(kind, reason, **kw):
+        messages.append(
+            {"role": "assistant", "content": [{"type": "text", "text": render_turn(kind, reason, **kw)}]}
+        )
+
+    def final_answer(reason_parts: list[str]):
+        if row["kind"] == "search_free":
+            say("answer", f"The {noun} is mostly {row['answer']}.", answer=row["answer"])
+        elif row["kind"] == "visual_knowledge":
+            say("answer", " ".join(reason_parts), answer=name)
+        else:
+            say("answer", " ".join(reason_parts), answer=ent.facts[fact])
+
+    if row["kind"] == "search_free":
+        final_answer([])
+        return messages, images
+    if row["kind"] != "text_only":
+        if plan[0] == "image_search":
+            say("image_search", f"I do not recognise this {noun}, so I search the image.")
+            obs = env.search()
+            hits = env.log[-1].get("hits", []) if env.log else []
+            if not hits or hits[0] not in (f"Flag of {name}", f"Outline map of {name}"):
+                return "image search top hit is not the entity"
+            messages.append({"role": "tool", "name": "search", "content": _strip_images(obs, images)})
+            seen.append(f"The search shows the {noun} of {name}.")
+        else:
+            seen.append(f"This is the {noun} of {name}." if view == "flag" else f"This map shows {name}.")
+    if plan[-2:-1] == ("text_search",):
+        fact_text = {
+            "capital": "its capital" if row["kind"] != "text_only" else f"the capital of {name}",
+            "continent": "its continent" if row["kind"] != "text_only" else f"the continent of {name}",
+        }[fact]
+        say(
+            "text_search",
+            " ".join([*seen, f"I do not know {fact_text}, so I search for it."]),
+            query=_query(fact, name),
+        )
+        obs = env.text_search(_query(fact, name))
+        golds = [ent.facts[fact], *ent.facts.get(f"{fact}_aliases", [])]
+        if not any(normalize_answer(g) in normalize_answer(obs.split("</information>")[0]) for g in golds):
+            return "answer not in the text search results"
+        messages.append({"role": "tool", "name": "text_search", "content": [{"type": "text", "text": obs}]})
+        seen = [f"The results say: {_fact_sentence(fact, name, ent.facts[fact])}"]
+    elif fact:
+        seen.append(_fact_sentence(fact, name, ent.facts[fact]))
+    final_answer(seen)
+    return messages, images
+
+
+def _strip_images(blocks, images: list) -> list[dict]:
+    """Replace image blocks by placeholders, appending their PIL images to ``images`` (in order)."""
+    out = []
+    for b in blocks if isinstance(blocks, list) else [{"type": "text", "text": str(blocks)}]:
+        if b.get("type") == "image":
+            images.append(b["image"])
+            out.append({"type": "image"})
+        else:
+            out.append({"type": "text", "text": b["text"]})
+    return out
+
+
+def build_trajectories(rows, world: World, engines, visual_known: set[str], knowledge: dict[str, dict],
+                       env_config: EnvConfig | None = None) -> tuple[list[dict], Counter]:  # fmt: skip
+    """Trajectories for ``rows`` (dicts in the row schema + entity_id/template) and a Counter of outcomes."""
+    env = SearchEnv(engines, env_config or EnvConfig())
+    out, stats = [], Counter()
+    for row in tqdm(rows, desc="trajectories"):
+        plan = plan_for(row, visual_known, knowledge)
+        res = trajectory(row, plan, world, env)
+        if isinstance(res, str):
+            stats[f"dropped: {res}"] += 1
+            continue
+        messages, images = res
+        stats[" -> ".join(plan)] += 1
+        out.append({"messages": json.dumps(messages), "images": images, "plan": " -> ".join(plan),
+                    "data_id": row["data_id"], "entity_id": row["entity_id"], "kind": row["kind"]})  # fmt: skip
+    return out, stats

@@ -1,0 +1,143 @@
+"""Warm start: the loss mask, the ideal plans, trajectories with real tool calls, and a short SFT on `tiny`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from mmsearch_r1.env import EnvConfig
+from mmsearch_r1.policy import load_policy
+from mmsearch_r1.protocol import render_turn
+from mmsearch_r1.tools.types import Engines, ImageHit, TextHit
+from mmsearch_r1.warmstart import ProtocolCollator, WarmStartConfig, freeze_for_sft, sft
+from mmsearch_r1.warmstart_data import build_trajectories, plan_for
+from mmsearch_r1.world import Entity, World
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_policy("tiny")
+
+
+def _row(kind="visual_knowledge", template="flag_country", eid="country/AA", answer="Aland"):
+    return {"data_id": f"x_{template}_{eid}", "image": Image.new("RGB", (56, 56), "red"), "question": "Which country?",
+            "answer": answer, "aliases": [], "category": None, "kind": kind, "source": "test",
+            "entity_id": eid, "template": template}  # fmt: skip
+
+
+def _example(n_search: int = 1) -> dict:
+    thumb = Image.new("RGB", (56, 56), "blue")
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q: which country?"}]}]
+    images = [Image.new("RGB", (56, 56), "red")]
+    if n_search:
+        msgs.append(
+            {
+                "role": "assistant",
+                "content": [{"type": "text", "text": render_turn("image_search", "unsure")}],
+            }
+        )
+        msgs.append({"role": "tool", "name": "search", "content": [
+            {"type": "text", "text": "<information>1. "}, {"type": "image"}, {"type": "text", "text": " Flag of Aland</information>"}]})  # fmt: skip
+        images.append(thumb)
+    msgs.append(
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text": render_turn("answer", "It is Aland.", answer="Aland")}],
+        }
+    )
+    return {"messages": json.dumps(msgs), "images": images}
+
+
+def test_loss_mask_covers_only_assistant_tokens(tiny):
+    collator = ProtocolCollator(tiny.processor)
+    batch = collator([_example(1), _example(0)])
+    tok = tiny.tokenizer
+    labels, ids = batch["labels"], batch["input_ids"]
+    trained = tok.decode(ids[0][labels[0] != -100])
+    assert trained == (render_turn("image_search", "unsure") + "<|im_end|>"
+                       + render_turn("answer", "It is Aland.", answer="Aland") + "<|im_end|>")  # fmt: skip
+    untrained = tok.decode(ids[0][(labels[0] == -100) & (batch["attention_mask"][0] == 1)])
+    assert "Flag of Aland" in untrained and "Q: which country?" in untrained
+    image_pad = tok.convert_tokens_to_ids("<|image_pad|>")
+    assert not ((ids == image_pad) & (labels != -100)).any()
+    assert (labels[1][batch["attention_mask"][1] == 0] == -100).all()
+    # the expanded ids equal the processor's own expansion
+    ref = tiny.processor(text=[tiny.processor.apply_chat_template(json.loads(_example(1)["messages"]), tokenize=False)],
+                         images=_example(1)["images"], return_tensors="pt")  # fmt: skip
+    n = int(batch["attention_mask"][0].sum())
+    assert torch.equal(ids[0, :n], ref["input_ids"][0])
+    assert torch.equal(batch["image_grid_thw"][:2], ref["image_grid_thw"])
+
+
+def test_collator_rejects_image_count_mismatch(tiny):
+    bad = _example(1)
+    bad["images"] = bad["images"][:1]
+    with pytest.raises(ValueError, match="image placeholders"):
+        ProtocolCollator(tiny.processor)([bad])
+
+
+def test_plans_follow_the_knowledge_boundary():
+    known = {"country/AA|capital": {"known": True}, "country/BB|capital": {"known": False}}
+    seen = {"country/AA"}
+    assert plan_for(_row(), seen, known) == ("answer",)
+    assert plan_for(_row(eid="country/BB"), seen, known) == ("image_search", "answer")
+    assert plan_for(_row("textual_knowledge", "flag_capital"), seen, known) == ("answer",)
+    assert plan_for(_row("textual_knowledge", "flag_capital", "country/BB"), seen, known) == (
+        "image_search", "text_search", "answer")  # fmt: skip
+    assert plan_for(_row("textual_knowledge", "flag_capital", "country/BB"), {"country/BB"}, known) == (
+        "text_search", "answer")  # fmt: skip
+    assert plan_for(_row("text_only", "capital_of", "country/BB"), seen, known) == ("text_search", "answer")
+    assert plan_for(_row("search_free", "flag_colour", answer="red"), set(), {}) == ("answer",)
+
+
+class _Img:
+    name = "fake-image"
+
+    def search_image(self, image, *, k=5):
+        return [ImageHit("Flag of Bland", "world://country/BB/flag", Image.new("RGB", (28, 28), "green")),
+                ImageHit("Flag of Aland", "world://country/AA/flag", Image.new("RGB", (28, 28), "red"))][:k]  # fmt: skip
+
+
+class _Txt:
+    name = "fake-text"
+
+    def search_text(self, query, *, k=5):
+        return [
+            TextHit("Bland (country facts)", "world://country/BB/facts", "The capital of Bland is Blandton.")
+        ]
+
+
+def _world(tmp_path) -> World:
+    ents = [Entity(f"country/{c}", "country", n, [], {"capital": cap, "continent": "Europe"}, None, "", {})
+            for c, n, cap in (("AA", "Aland", "Alton"), ("BB", "Bland", "Blandton"))]  # fmt: skip
+    return World(tmp_path, ents, {})
+
+
+def test_trajectories_use_real_tool_results_and_drop_wrong_searches(tmp_path):
+    world, engines = _world(tmp_path), Engines(image=_Img(), text=_Txt())
+    rows = [_row("textual_knowledge", "flag_capital", "country/BB", "Blandton"),
+            _row("visual_knowledge", "flag_country", "country/AA", "Aland")]  # fmt: skip
+    out, stats = build_trajectories(rows, world, engines, set(), {}, EnvConfig(image_k=2, text_k=1))
+    assert stats["dropped: image search top hit is not the entity"] == 1  # Aland's top hit is Bland
+    assert len(out) == 1 and out[0]["plan"] == "image_search -> text_search -> answer"
+    msgs = json.loads(out[0]["messages"])
+    assert [m["role"] for m in msgs] == ["user", "assistant", "tool", "assistant", "tool", "assistant"]
+    assert "Blandton" in msgs[4]["content"][0]["text"] and msgs[-1]["content"][0]["text"].endswith(
+        "<answer>Blandton</answer>")  # fmt: skip
+    assert len(out[0]["images"]) == 1 + 2  # question image + two thumbnails, in order
+
+
+def test_short_warm_start_on_tiny_lowers_the_loss(tmp_path):
+    policy = load_policy("tiny", seed=1)
+    n = freeze_for_sft(policy.model, train_top_layers=1, train_vision=False)
+    names = [k for k, p in policy.model.named_parameters() if p.requires_grad]
+    assert n > 0 and all(".layers.1." in k or "language_model.norm" in k for k in names)
+    freeze_for_sft(policy.model, train_top_layers=-1, train_vision=True)
+    rows = [_example(i % 2) for i in range(8)]
+    cfg = WarmStartConfig(model="tiny", epochs=6, batch_size=4, grad_accum=1, lr=3e-3, max_length=None)
+    m = sft(policy, rows, cfg, tmp_path)
+    assert m["sft_steps"] == 12
+    assert m["sft_loss_last"] < 0.8 * m["sft_loss_first"]
