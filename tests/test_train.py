@@ -243,3 +243,16 @@ def test_tool_calls_reach_metrics_samples_and_rollout_images(tmp_path):
         r for r in result.trainer.last_rollouts if any(x.get("role") == "tool" for x in r["completion"])
     ]
     assert searched and len(rollout_images(searched[0])) > 1  # question image + thumbnails
+
+
+def test_train_top_layers_freezes_the_rest():
+    from mmsearch_r1.tiny import build_tiny_policy
+    from mmsearch_r1.train import freeze_lower_layers
+
+    model, _ = build_tiny_policy(seed=0, layers=2)
+    n = freeze_lower_layers(model, 1)
+    lm = model.model.language_model
+    expected = sum(p.numel() for m in (lm.layers[1], lm.norm) for p in m.parameters())
+    assert n == expected
+    assert not any(p.requires_grad for p in lm.layers[0].parameters())
+    assert not any(p.requires_grad for p in model.model.visual.parameters())

@@ -77,6 +77,10 @@ class TrainConfig:
     """LoRA alpha (None: 2 * r)."""
     dtype: str = "auto"
     """Weights dtype: ``auto`` (bf16 on GPU, fp32 on CPU), ``float32``, ``bfloat16``."""
+    train_top_layers: int = -1
+    """Full fine-tuning of only the top N language-model layers (+ final norm); the rest, the embeddings
+    and the vision tower are frozen and run without autograd (the CPU demo's saving). -1: all weights.
+    Ignored with LoRA."""
 
     # -- data --------------------------------------------------------------------------------------
     dataset: str = "world"
@@ -106,6 +110,10 @@ class TrainConfig:
     """Image searches per rollout (paper: 1)."""
     text_budget: int = 2
     """Text searches per rollout (paper: 2)."""
+    image_k: int = 5
+    """Image-search hits shown to the policy (paper: 5)."""
+    text_k: int = 5
+    """Text-search pages shown to the policy (paper: 5)."""
     grammar: str = "strict"
     """Format reward grammar: ``strict`` (the paper's four sequences) or ``flexible``."""
     penalty: float = 0.1
@@ -218,18 +226,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         "dtype": "float32",
         "dataset": "world",
         "engine": "local",
+        "train_top_layers": 8,  # as in the warm start (notebook 02)
+        "image_k": 3,  # as in the warm start: the policy was taught on 3 hits
+        "text_k": 3,
         "num_generations": 8,
         "prompts_per_step": 2,
         "steps_per_generation": 1,
-        "gradient_accumulation_steps": 1,
+        "gradient_accumulation_steps": 4,  # 16 rollouts generated together, trained 4 at a time (memory)
         "learning_rate": 1e-5,
         "weight_decay": 0.0,
         "beta": 0.0,
         "loss_type": "dapo",
         "scale_rewards": "group",
-        "max_completion_length": 512,
-        "max_steps": 20,
-        "save_steps": 5,
+        "max_completion_length": 640,
+        "max_steps": 12,
+        "save_steps": 4,
         "bf16": "false",
         "gradient_checkpointing": "false",
     },

@@ -125,6 +125,22 @@ def _clear_checkpoints(run_dir: Path) -> None:
             shutil.rmtree(ckpt)
 
 
+def freeze_lower_layers(model, top: int) -> int:
+    """Leave only the top ``top`` language-model layers and the final norm trainable; return their size."""
+    base = getattr(model, "model", model)
+    lm = getattr(base, "language_model", None)
+    if lm is None or not hasattr(lm, "layers"):
+        raise ValueError(
+            "train_top_layers needs a Qwen2.5-VL/Qwen3-VL-style model (model.language_model.layers)"
+        )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for module in [*lm.layers[max(len(lm.layers) - top, 0) :], lm.norm]:
+        for p in module.parameters():
+            p.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def build_policy(cfg: TrainConfig):
     """The `mmsearch_r1.policy.Policy` of ``cfg`` (a tiny policy is saved first when TRL needs a path)."""
     from mmsearch_r1.policy import load_policy
@@ -134,7 +150,17 @@ def build_policy(cfg: TrainConfig):
         from mmsearch_r1.tiny import build_tiny_policy
 
         build_tiny_policy(save_dir=cfg.run_dir / "tiny_base", seed=cfg.seed, protocol=cfg.protocol)
-        return load_policy(cfg.run_dir / "tiny_base", dtype=cfg.dtype, protocol=cfg.protocol)
+        policy = load_policy(cfg.run_dir / "tiny_base", dtype=cfg.dtype, protocol=cfg.protocol)
+    else:
+        policy = _load(cfg)
+    if cfg.train_top_layers >= 0 and not (cfg.lora or cfg.qlora):
+        policy.extra["trainable_params"] = freeze_lower_layers(policy.model, cfg.train_top_layers)
+    return policy
+
+
+def _load(cfg: TrainConfig):
+    from mmsearch_r1.policy import load_policy
+
     return load_policy(
         cfg.model,
         lora=cfg.lora,
@@ -173,7 +199,9 @@ def build_trainer(cfg: TrainConfig, *, policy=None, rows=None, engines=None, cal
         )
     dataset = to_trl_dataset(rows)
     budgets = Budgets(max_turns=cfg.max_turns, image=cfg.image_budget, text=cfg.text_budget)
-    env_factory = make_env_factory(engines, budgets, grammar=cfg.grammar)
+    env_factory = make_env_factory(
+        engines, budgets, grammar=cfg.grammar, image_k=cfg.image_k, text_k=cfg.text_k
+    )
     reward = make_reward_func(
         policy.processor,
         RewardConfig(
