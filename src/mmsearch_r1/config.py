@@ -214,6 +214,9 @@ class TrainConfig:
         return _from_dict({**self.to_dict(), **changes})
 
 
+DEMO_DATASET = "data/generated/world_train.parquet"
+"""The search-balanced world training set notebook 01 writes (curated to ~32% search-free)."""
+
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     # The CPU demo: the warm-started SmolLM2-135M Qwen2.5-VL policy, offline world, 2 cores. Full
@@ -224,7 +227,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "name": "demo_grpo",
         "model": "demo-sft",
         "dtype": "float32",
-        "dataset": "world",
+        "dataset": DEMO_DATASET,
         "engine": "local",
         "train_top_layers": 8,  # as in the warm start (notebook 02)
         "image_k": 3,  # as in the warm start: the policy was taught on 3 hits
