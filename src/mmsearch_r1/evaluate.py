@@ -47,7 +47,7 @@ class EvalConfig:
     """What `policy.load_policy` loads: ``tiny``, ``demo``, ``demo-sft``, a run's ``final/`` folder, a hub id."""
     datasets: list[str] = field(default_factory=lambda: ["world:test"])
     """Datasets: ``world:<split>``, ``synthetic``, a ``.parquet`` / ``save_to_disk`` path, or
-    ``bench:<name>[=<path>]`` (``data.load_benchmark``: fvqa_test, infoseek, mmsearch, simplevqa, livevqa)."""
+    ``bench:<name>[@<path>]`` (``data.load_benchmark``: fvqa_test, infoseek, mmsearch, simplevqa, livevqa)."""
     methods: list[str] = field(default_factory=lambda: ["direct", "rag", "on_demand"])
     """Methods to run (see `mmsearch_r1.rollout`)."""
     engine: str = "local"
@@ -63,7 +63,13 @@ class EvalConfig:
     seed: int = 0
     """Seed for subsampling and sampling."""
     max_turns: int = 3
-    """Assistant turns per rollout (paper: 3)."""
+    """Assistant turns per rollout (paper: 3). Budgets and grammar should match the policy's training."""
+    image_budget: int = 1
+    """Image searches per rollout at most (paper: 1)."""
+    text_budget: int = 2
+    """Text searches per rollout at most (paper: 2)."""
+    grammar: str = "strict"
+    """``strict`` (the paper's four sequences, enforced by `SearchEnv`) or ``flexible``."""
     max_new_tokens: int = 160
     """Tokens per assistant turn at most."""
     temperature: float = 0.0
@@ -219,7 +225,8 @@ def load_dataset_spec(spec: str, *, max_items: int | None = None, seed: int = 0)
     if spec.startswith("bench:"):
         from mmsearch_r1.data import load_benchmark
 
-        name, _, path = spec[len("bench:") :].partition("=")
+        rest = spec[len("bench:") :]
+        name, _, path = rest.partition("@" if "@" in rest else "=")
         ds = load_benchmark(name, path or None)
         if max_items is not None and max_items < len(ds):
             ds = ds.shuffle(seed=seed).select(range(max_items))
@@ -283,7 +290,10 @@ def evaluate(
     if datasets is None:
         datasets = dict(load_dataset_spec(s, max_items=cfg.max_items, seed=cfg.seed) for s in cfg.datasets)
     engines = engines if engines is not None else make_eval_engines(cfg)
-    env_cfg = EnvConfig(budgets=Budgets(max_turns=cfg.max_turns))
+    env_cfg = EnvConfig(
+        budgets=Budgets(max_turns=cfg.max_turns, image=cfg.image_budget, text=cfg.text_budget),
+        grammar=cfg.grammar,
+    )
     factory = make_env_factory(engines, config=env_cfg)
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
