@@ -277,7 +277,10 @@ class GracefulStop(TrainerCallback):
         self.signals = signals
 
     def _handler(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:  # a second Ctrl-C aborts at once
+            raise KeyboardInterrupt
         self.requested = True
+        print(f"[train] signal {signum}: finishing this step, then checkpoint and stop", flush=True)
 
     def on_train_begin(self, args, state, control, **kwargs):
         if threading.current_thread() is threading.main_thread():
