@@ -181,3 +181,10 @@ def test_count_searches_ignores_the_final_turn():
     assert count_searches([I, T]) == {"image_search": 1, "text_search": 0}
     # a badly formatted search still ran
     assert count_searches(["<search><img></search>", A]) == {"image_search": 1, "text_search": 0}
+
+
+def test_budgets_apply_under_strict_too_and_grammar_is_checked_first():
+    ok, why = validate_trajectory([I, A], "strict", Budgets(image=0))
+    assert not ok and "image searches" in why
+    with pytest.raises(ValueError, match="unknown grammar"):
+        validate_trajectory(["junk"], "loose")

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from mmsearch_r1.protocol import render_turn
 from mmsearch_r1.rewards import (
     exact_match,
+    golds_of,
     mmsearch_reward,
     normalize_answer,
     penalty_factor,
@@ -166,3 +167,30 @@ def test_reward_is_built_from_its_parts(turns, p, f, mode):
     assert parts.reward == pytest.approx(
         (1 - f) * parts.accuracy * expected_factor + f * parts.format, abs=1e-9
     )
+
+
+def test_environment_search_counts_replace_the_text_count():
+    # The environment refused the text search (budget): only the image search ran.
+    parts = reward_parts([I, T, A_OK], GOLDS, searches={"image_search": 1, "text_search": 0})
+    assert parts.searches == 1 and parts.reward == pytest.approx(0.91)
+    # No search ran at all (both refused): no penalty.
+    assert mmsearch_reward([I, A_OK], GOLDS, searches={"image_search": 0}) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="searches must map"):
+        reward_parts([A_OK], GOLDS, searches={"maps": 1})
+
+
+def test_out_of_range_settings_and_missing_golds_are_named():
+    with pytest.raises(ValueError, match="penalty must be in"):
+        mmsearch_reward([I, A_OK], GOLDS, penalty=1.5)
+    with pytest.raises(ValueError, match="tool_costs"):
+        penalty_factor(
+            True, {"image_search": 1, "text_search": 0}, penalty=0.6, tool_costs={"image_search": 2}
+        )
+    with pytest.raises(TypeError, match="golds must be"):
+        mmsearch_reward([A_OK], None)
+
+
+def test_golds_of_joins_answer_and_aliases():
+    assert golds_of("Lima", ["Ciudad de los Reyes", "Lima", "", None]) == ["Lima", "Ciudad de los Reyes"]
+    assert golds_of("Lima", "LIM") == ["Lima", "LIM"]
+    assert golds_of("Lima", None) == ["Lima"]

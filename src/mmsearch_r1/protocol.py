@@ -230,6 +230,8 @@ def validate_trajectory(
     image → answer; text → answer; image → text → answer). ``flexible``: every turn well formed,
     searches in any order within the budgets, and exactly one answer, in the last turn.
     """
+    if grammar not in ("strict", "flexible"):
+        raise ValueError(f"unknown grammar {grammar!r}: use 'strict' or 'flexible'")
     budgets = budgets or Budgets()
     parsed = as_turns(turns)
     if not parsed:
@@ -244,15 +246,12 @@ def validate_trajectory(
         return False, "the last turn does not answer"
     if "answer" in kinds[:-1]:
         return False, "an answer before the last turn"
-    if grammar == "strict":
-        if kinds not in STRICT_SEQUENCES:
-            return False, f"sequence {' → '.join(kinds)} is not one of the paper's four"
-        return True, None
-    if grammar == "flexible":
-        n_img, n_txt = kinds.count("image_search"), kinds.count("text_search")
-        if n_img > budgets.image:
-            return False, f"{n_img} image searches, budget {budgets.image}"
-        if n_txt > budgets.text:
-            return False, f"{n_txt} text searches, budget {budgets.text}"
-        return True, None
-    raise ValueError(f"unknown grammar {grammar!r}: use 'strict' or 'flexible'")
+    if grammar == "strict" and kinds not in STRICT_SEQUENCES:
+        return False, f"sequence {' → '.join(kinds)} is not one of the paper's four"
+    # Budgets apply under both grammars (strict: e.g. Budgets(image=0) forbids image → answer).
+    n_img, n_txt = kinds.count("image_search"), kinds.count("text_search")
+    if n_img > budgets.image:
+        return False, f"{n_img} image searches, budget {budgets.image}"
+    if n_txt > budgets.text:
+        return False, f"{n_txt} text searches, budget {budgets.text}"
+    return True, None

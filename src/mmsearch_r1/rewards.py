@@ -46,7 +46,20 @@ def normalize_answer(s: str) -> str:
 def _golds(golds: str | Iterable[str]) -> list[str]:
     if isinstance(golds, str):
         golds = [golds]
+    if golds is None or not isinstance(golds, Iterable):
+        raise TypeError(f"golds must be a string or a list of strings, got {type(golds).__name__}")
     return [g for g in golds if isinstance(g, str) and normalize_answer(g)]
+
+
+def golds_of(answer: str | None, aliases: Iterable[str] | str | None = None) -> list[str]:
+    """The gold answer followed by its aliases, as one de-duplicated list (the row schema's two fields).
+
+    ``aliases`` may be a list, a single string, or None; non-strings and empty strings are dropped.
+    """
+    if isinstance(aliases, str):
+        aliases = [aliases]
+    items = [answer, *(aliases or [])]
+    return list(dict.fromkeys(a for a in items if isinstance(a, str) and a.strip()))
 
 
 def exact_match(pred: str | None, golds: str | Iterable[str]) -> bool:
@@ -95,12 +108,16 @@ def penalty_factor(
     """The multiplier on a correct answer's accuracy for the searches that ran (1.0 if none)."""
     if penalty_mode not in ("once", "per_call"):
         raise ValueError(f"unknown penalty_mode {penalty_mode!r}: use 'once' or 'per_call'")
+    if not 0.0 <= penalty <= 1.0:
+        raise ValueError(f"penalty must be in [0, 1], got {penalty}")
     if not correct or sum(searches.values()) == 0:
         return 1.0
     costs = {"image_search": 1.0, "text_search": 1.0, **(tool_costs or {})}
     unknown = set(costs) - {"image_search", "text_search"}
     if unknown:
         raise ValueError(f"tool_costs has unknown tools {sorted(unknown)}: use image_search, text_search")
+    if any(c < 0 for c in costs.values()) or penalty * max(costs.values()) > 1.0:
+        raise ValueError(f"tool_costs must be >= 0 and penalty * cost <= 1, got {costs} with p={penalty}")
     if penalty_mode == "once":
         return 1.0 - penalty * max(costs[t] for t, n in searches.items() if n > 0)
     factor = 1.0
@@ -120,11 +137,15 @@ def reward_parts(
     tool_costs: dict[str, float] | None = None,
     match: str | Matcher = "exact",
     budgets: Budgets | None = None,
+    searches: dict[str, int] | None = None,
 ) -> RewardParts:
     """Compute the reward of one trajectory and return it with its parts.
 
-    ``turns`` are the assistant turns' texts in order; the number of searches is the number of
-    non-final turns that fire a search (``protocol.count_searches``).
+    ``turns`` are the assistant turns' texts in order. The searches the penalty counts are, by
+    default, the non-final turns that fire a search (``protocol.count_searches``). A caller that
+    ran the searches passes ``searches={"image_search": n, "text_search": m}``: the searches the
+    environment actually executed (engine called, whether it answered or failed; refused calls are
+    not searches). Training and evaluation both pass their environment's counts.
     """
     if not 0.0 <= format_weight <= 1.0:
         raise ValueError(f"format_weight must be in [0, 1], got {format_weight}")
@@ -135,7 +156,16 @@ def reward_parts(
     ok, _ = validate_trajectory(parsed, grammar=grammar, budgets=budgets)
     final_answer = parsed[-1].answer if parsed and parsed[-1].action == "answer" else None
     correct = bool(matcher(final_answer, list(_golds(golds)))) if final_answer else False
-    searches = count_searches(parsed)
+    if searches is None:
+        searches = count_searches(parsed)
+    else:
+        unknown = set(searches) - {"image_search", "text_search"}
+        if unknown or any(int(v) < 0 for v in searches.values()):
+            raise ValueError(f"searches must map image_search/text_search to counts >= 0, got {searches}")
+        searches = {
+            "image_search": int(searches.get("image_search", 0)),
+            "text_search": int(searches.get("text_search", 0)),
+        }
     factor = penalty_factor(
         correct, searches, penalty=penalty, penalty_mode=penalty_mode, tool_costs=tool_costs
     )
@@ -164,6 +194,7 @@ def mmsearch_reward(
     tool_costs: dict[str, float] | None = None,
     match: str | Matcher = "exact",
     budgets: Budgets | None = None,
+    searches: dict[str, int] | None = None,
 ) -> float:
     """The paper's reward of one trajectory (see the module docstring)."""
     return reward_parts(
@@ -176,4 +207,5 @@ def mmsearch_reward(
         tool_costs=tool_costs,
         match=match,
         budgets=budgets,
+        searches=searches,
     ).reward
