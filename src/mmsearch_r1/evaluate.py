@@ -392,7 +392,12 @@ def demo_stage(reproduce: bool = False, **changes) -> list[dict]:
     changes.setdefault("max_items", DEMO_EVAL_ITEMS)
     policy = changes.pop("policy", None)
     if policy is None:
-        policy = "runs/demo_grpo/final" if Path("runs/demo_grpo/final").is_dir() else "demo-sft"
+        from mmsearch_r1.policy import DEMO_SFT_DIR
+
+        candidates = [("runs/demo_grpo/final", Path("runs/demo_grpo/final")), ("demo-sft", DEMO_SFT_DIR)]
+        policy = next((name for name, path in candidates if path.is_dir()), "demo")
+        if policy == "demo":
+            print("[eval] no trained or warm-started policy under runs/: evaluating the base demo policy")
     jobs = [EvalConfig(**{"name": "demo_eval", "policy": policy, **changes})]
     if reproduce:
         on_demand = {**changes, "methods": ["on_demand"]}

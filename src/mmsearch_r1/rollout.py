@@ -73,6 +73,9 @@ class RolloutConfig:
     """Threads running the tool calls of a round concurrently."""
     seed: int = 0
     """Seed for sampling."""
+    pad_ratio: float = 1.5
+    """Split a round's generate call where the longest sequence exceeds the shortest by this factor
+    (on CPU every padding token costs as much as a real one)."""
     rag_reasons: tuple[str, str] = (
         "I will look the image up first.",
         "Now I will look up the fact the question asks for.",
@@ -347,6 +350,18 @@ def _rag_query(traj: Trajectory) -> str:
     return (f"{hits[0]} {q}" if hits else q)[: traj.env.config.max_query_chars]
 
 
+def length_groups(trajs: Sequence[Trajectory], pad_ratio: float = 1.5) -> list[list[Trajectory]]:
+    """Split trajectories into generate calls of similar length (sorted; a new group when a sequence is
+    more than ``pad_ratio`` times the group's shortest)."""
+    groups: list[list[Trajectory]] = []
+    for t in sorted(trajs, key=lambda t: len(t.ids)):
+        if groups and len(t.ids) <= pad_ratio * len(groups[-1][0].ids):
+            groups[-1].append(t)
+        else:
+            groups.append([t])
+    return groups
+
+
 def rollout_batch(
     rows: Sequence[dict],
     processor,
@@ -379,10 +394,8 @@ def rollout_batch(
                     _scripted_ids(processor, render_turn("image_search", cfg.rag_reasons[0])),
                     scripted=True,
                 )
-            if to_generate:
-                for t, new in zip(
-                    to_generate, generator([(t.ids, t.images) for t in to_generate]), strict=True
-                ):
+            for group in length_groups(to_generate, cfg.pad_ratio):
+                for t, new in zip(group, generator([(t.ids, t.images) for t in group]), strict=True):
                     t.add_turn(processor, new)
             # RAG: the second turn must be a text search.
             if cfg.method == "rag" and turn == 1:
