@@ -408,8 +408,14 @@ def demo_stage(reproduce: bool = False, **changes) -> list[dict]:
                 spec = {**changes, "methods": ["rag", "on_demand"], "datasets": ["world:test", "world:train"]}
                 jobs.append(EvalConfig(**{"name": f"eval_{final.parent.name}", "policy": str(final), **spec}))
     results = []
-    for cfg in jobs:
-        result = evaluate(cfg)
+    for i, cfg in enumerate(jobs):
+        try:
+            result = evaluate(cfg)
+        except FileNotFoundError as err:
+            if i == 0:
+                raise
+            print(f"[eval] skipped {cfg.name}: {err}")
+            continue
         _print_rows(result)
         results.append(result)
     return results
