@@ -165,3 +165,22 @@ def test_evaluate_end_to_end_writes_run_folder(tmp_path):
 def test_bad_backend_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="backend"):
         evaluate(EvalConfig(backend="onnx", out_dir=str(tmp_path)), policy=(None, None), datasets={})
+
+
+def test_search_settings_follow_the_training_run(tmp_path):
+    from mmsearch_r1.tiny import build_tiny_policy
+    from mmsearch_r1.train_data import synthetic_rows
+
+    run = tmp_path / "runs" / "grpo"
+    (run / "final").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"image_k": 2, "text_k": 1, "max_turns": 3, "penalty": 0.1}))
+    model, processor = build_tiny_policy()
+    cfg = EvalConfig(name="e", policy=str(run / "final"), engine="synthetic", methods=["on_demand"],
+                     out_dir=str(tmp_path / "runs"), progress=False)  # fmt: skip
+    result = evaluate(
+        cfg, policy=(model, processor), datasets={"s": synthetic_rows(1)}, generator=AlwaysSearch(processor)
+    )
+    assert result["env_from_training"] == {"image_k": 2, "text_k": 1, "max_turns": 3}
+    _, items = load_eval(tmp_path / "runs" / "e")
+    image_obs, text_obs = items[0]["observations"]
+    assert image_obs["images"] == 2 and len(text_obs["hits"]) <= 1

@@ -70,6 +70,13 @@ class EvalConfig:
     """Text searches per rollout at most (paper: 2)."""
     grammar: str = "strict"
     """``strict`` (the paper's four sequences, enforced by `SearchEnv`) or ``flexible``."""
+    image_k: int = 5
+    """Image-search hits shown to the policy (paper: 5; the CPU demo trains with 3)."""
+    text_k: int = 5
+    """Text-search pages shown to the policy (paper: 5; the CPU demo trains with 3)."""
+    env_from_training: bool = True
+    """When the policy is a training run's ``final/`` folder, take the budgets, grammar and hit counts
+    from the run's ``config.json`` so that the policy meets the observations it was trained on."""
     max_new_tokens: int = 160
     """Tokens per assistant turn at most."""
     temperature: float = 0.0
@@ -218,6 +225,19 @@ def apply_judge(
 # -- the harness ----------------------------------------------------------------------------------------
 
 
+ENV_FIELDS = ("max_turns", "image_budget", "text_budget", "grammar", "image_k", "text_k")
+
+
+def _training_env(cfg: EvalConfig) -> dict | None:
+    """The search settings of the training run whose ``final/`` folder is the policy (None if not a run)."""
+    path = Path(str(cfg.policy))
+    run_cfg = path.parent / "config.json"
+    if path.name != "final" or not run_cfg.is_file():
+        return None
+    data = json.loads(run_cfg.read_text())
+    return {k: data[k] for k in ENV_FIELDS if k in data} or None
+
+
 def load_dataset_spec(spec: str, *, max_items: int | None = None, seed: int = 0):
     """Rows in the row schema for one `EvalConfig.datasets` entry; returns ``(label, dataset)``."""
     from mmsearch_r1.train_data import load_rows
@@ -290,9 +310,14 @@ def evaluate(
     if datasets is None:
         datasets = dict(load_dataset_spec(s, max_items=cfg.max_items, seed=cfg.seed) for s in cfg.datasets)
     engines = engines if engines is not None else make_eval_engines(cfg)
+    env_from = _training_env(cfg) if cfg.env_from_training else None
+    if env_from:
+        cfg = EvalConfig(**{**cfg.__dict__, **env_from})
     env_cfg = EnvConfig(
         budgets=Budgets(max_turns=cfg.max_turns, image=cfg.image_budget, text=cfg.text_budget),
         grammar=cfg.grammar,
+        image_k=cfg.image_k,
+        text_k=cfg.text_k,
     )
     factory = make_env_factory(engines, config=env_cfg)
     run_dir = cfg.run_dir
@@ -331,6 +356,7 @@ def evaluate(
         "policy": cfg.policy,
         "config": cfg_dict,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "env_from_training": env_from,
         "n_items": len(all_records),
         **summarize_groups(all_records, **cost),
         "engine_stats": stats,
@@ -389,7 +415,12 @@ def demo_stage(reproduce: bool = False, **changes) -> list[dict]:
     penalties), on the test split and on the training questions (Finding 5). ``changes`` override
     `EvalConfig` fields of every evaluation (e.g. ``max_items``).
     """
+    from mmsearch_r1.config import preset
+
+    demo = preset("cpu_demo")
     changes.setdefault("max_items", DEMO_EVAL_ITEMS)
+    for key in ENV_FIELDS:  # the demo policies were trained with the cpu_demo preset's search settings
+        changes.setdefault(key, getattr(demo, key))
     policy = changes.pop("policy", None)
     if policy is None:
         from mmsearch_r1.policy import DEMO_SFT_DIR
