@@ -256,3 +256,16 @@ def test_train_top_layers_freezes_the_rest():
     assert n == expected
     assert not any(p.requires_grad for p in lm.layers[0].parameters())
     assert not any(p.requires_grad for p in model.model.visual.parameters())
+
+
+def test_shipped_config_files_load():
+    from pathlib import Path
+
+    import mmsearch_r1
+
+    folder = Path(mmsearch_r1.__file__).parent / "configs"
+    files = sorted(folder.glob("*.yaml"))
+    assert files
+    for path in files:
+        cfg = load_config(path)
+        assert cfg.preset in PRESETS and cfg.scale_rewards == "group"
