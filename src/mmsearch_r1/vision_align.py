@@ -37,7 +37,7 @@ VIEW_WORDS = {"flag": "flag", "outline": "map"}
 class VisionAlignConfig:
     """How the vision tower is taught."""
 
-    steps: int = 300
+    steps: int = 100
     """Optimiser steps."""
     batch_size: int = 32
     """Images per step."""

@@ -54,9 +54,11 @@ class WarmStartConfig:
     """Run folder: config, metrics, trajectories summary, and the policy in ``final/``."""
     seed: int = 0
     """Seed of sampling, splits and training."""
-    visual_known: int = 60
+    visual_known: int = 0
     """How many entities the vision tower learns to recognise: the most populous ones whose name is a
-    single token (a stand-in for prominence); drawn across all splits. 0: it recognises none."""
+    single token (a stand-in for prominence); drawn across all splits. 0 (default): none, so every entity
+    in an image needs an image search and the knowledge boundary is the language model's (a from-scratch
+    ViT did not learn 20 flags in 200 CPU steps; see the notebook)."""
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     """Knowledge probe of the language model (k samples without search)."""
     align: bool = True
