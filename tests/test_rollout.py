@@ -63,7 +63,7 @@ SCRIPTS = {
 }
 
 
-def _rows():
+def _rows(scripts=SCRIPTS):
     colours = [(200, 0, 0), (0, 150, 0), (0, 0, 220), (90, 90, 0), (10, 120, 120)]
     return [
         {
@@ -76,7 +76,7 @@ def _rows():
             "kind": "textual_knowledge",
             "source": "test",
         }
-        for i, q in enumerate(SCRIPTS)
+        for i, q in enumerate(scripts)
     ]
 
 
@@ -105,11 +105,11 @@ def tiny():
     return build_tiny_policy()
 
 
-def _trl_shell(model, processor, envs, max_turns: int):
+def _trl_shell(model, processor, envs, max_turns: int, scripts=SCRIPTS):
     """A GRPOTrainer without __init__, carrying only what its tool loop reads (TRL 1.16)."""
     from trl import GRPOTrainer
 
-    scripted = ScriptedModel(processor)
+    scripted = ScriptedModel(processor, scripts)
     shell = object.__new__(GRPOTrainer)
     shell.processing_class = processor
     shell._tokenizer = processor.tokenizer
@@ -264,3 +264,47 @@ def test_unknown_tool_becomes_an_error_result_like_trl():
     assert (name, result) == ("browse", {"error": "Tool browse not found."})
     name, result = _run_tool(env, {"type": "function", "function": {"name": "text_search", "arguments": {}}})
     assert "error" in result and env.log[-1]["status"] == "error" and env.text_calls == 0
+
+
+NATIVE_IMG = '<tool_call>\n{"name": "search", "arguments": {}}\n</tool_call><|im_end|>'
+NATIVE_TXT = (
+    '<tool_call>\n{"name": "text_search", "arguments": {"text": "capital of Peru"}}\n</tool_call><|im_end|>'
+)
+NATIVE = {
+    "Which capital is this, A?": [NATIVE_IMG, NATIVE_TXT, "<answer>Lima</answer><|im_end|>"],
+    "Which capital is this, B?": ["<answer>Quito</answer><|im_end|>"],
+}
+
+
+def test_native_protocol_matches_trl_too():
+    """The JSON tool-call protocol (tools listed by the template) also gives TRL's exact tokens and calls."""
+    from trl.chat_template_utils import parse_response
+
+    model, processor = build_tiny_policy(protocol="native")
+    rows, factory = _rows(NATIVE), make_env_factory(_engines())
+    envs = [factory() for _ in rows]
+    for env, row in zip(envs, rows, strict=True):
+        env.reset(**row)
+    shell, _ = _trl_shell(model, processor, envs, 3, NATIVE)
+    prompts_ = [first_prompt(r) for r in rows]
+    p_ids, images, mm_fields = shell._tokenize_prompts(prompts_)
+    c_ids, _ = shell._generate_single_turn(p_ids, images, mm_fields, 1)
+    completions = [
+        [parse_response(processor.tokenizer, ids, prefix=p_ids[i], tools=shell.tools)]
+        for i, ids in enumerate(c_ids)
+    ]
+    tool_mask, completions, c_ids, *_ = shell._tool_call_loop(
+        prompts_, p_ids, c_ids, completions, None, images, mm_fields
+    )
+    trajs = rollout_batch(
+        rows, processor, ScriptedModel(processor, NATIVE), factory, RolloutConfig(progress=False)
+    )
+    assert "text_search" in processor.tokenizer.decode(p_ids[0])  # the template lists the tools
+    for i, t in enumerate(trajs):
+        assert (
+            t.ids[: t.prompt_len] == p_ids[i] and t.completion_ids == c_ids[i] and t.tool_mask == tool_mask[i]
+        )
+        assert [m.get("tool_calls") for m in t.messages] == [m.get("tool_calls") for m in completions[i]]
+    rec = trajs[0].record("on_demand", 3)
+    assert rec["search_sequence"] == ["image_search", "text_search"] and rec["queries"] == ["capital of Peru"]
+    assert rec["prediction"] == "Lima" and rec["turns"][-1]["kind"] == "invalid"  # answer fires; no <reason>

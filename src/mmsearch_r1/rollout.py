@@ -107,10 +107,18 @@ def first_prompt(row: dict) -> list[dict]:
     ]
 
 
-def prompt_ids(processor, row: dict) -> list[int]:
-    """Token ids of the first prompt, rendered exactly as TRL renders a conversational prompt."""
+def prompt_ids(processor, row: dict, tools: list | None = None) -> list[int]:
+    """Token ids of the first prompt, rendered exactly as TRL renders a conversational prompt.
+
+    ``tools`` are the environment's tool methods, passed to the chat template as TRL does (the tag
+    template ignores them; the native JSON template lists them in the system prompt).
+    """
     out = processor.apply_chat_template(
-        conversation=[first_prompt(row)], add_generation_prompt=True, tokenize=True, return_dict=True
+        conversation=[first_prompt(row)],
+        tools=tools or None,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
     )
     return list(out["input_ids"][0])
 
@@ -378,7 +386,7 @@ def rollout_batch(
     for i, row in enumerate(rows):
         env = env_factory()
         env.reset(**row)
-        ids = prompt_ids(processor, row)
+        ids = prompt_ids(processor, row, [env.search, env.text_search])
         trajs.append(Trajectory(dict(row), samples[i] if samples else 0, env, ids, [row["image"]], len(ids)))
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, cfg.tool_workers)) as pool:
