@@ -308,3 +308,28 @@ def test_native_protocol_matches_trl_too():
     rec = trajs[0].record("on_demand", 3)
     assert rec["search_sequence"] == ["image_search", "text_search"] and rec["queries"] == ["capital of Peru"]
     assert rec["prediction"] == "Lima" and rec["turns"][-1]["kind"] == "invalid"  # answer fires; no <reason>
+
+
+class HonestModel(ScriptedModel):
+    """Answers 'unknown' once it has been told that search is off (so direct runs differ)."""
+
+    def next_ids(self, ids):
+        if "switched off" in self.tok.decode(ids, skip_special_tokens=False):
+            return self.tok.encode(ANS.format("unknown"), add_special_tokens=False)
+        return super().next_ids(ids)
+
+
+def test_curation_adapter_plugs_into_curate(tiny):
+    import datasets
+
+    from mmsearch_r1.curation import CurationConfig, curate
+
+    _, processor = tiny
+    rows = _rows()[:3]  # A: searches, then Lima; B: text search, then Quito; C: Paris directly
+    for r, gold in zip(rows, ["Lima", "Lima", "Paris"], strict=True):
+        r["answer"] = gold
+    ds = datasets.Dataset.from_list(rows)
+    fn = curation_rollout_fn(processor, HonestModel(processor), make_env_factory(_engines()), RolloutConfig())
+    result = curate(ds, fn, CurationConfig(k=1, free_ratio=None, batch_size=2))
+    assert result.labels == {"q0": "search_required", "q1": "dropped", "q2": "search_free"}
+    assert result.search_type["q0"] == "mixed"
