@@ -53,6 +53,31 @@ def test_build_is_cached(world, tmp_path):
     assert [e.id for e in again.entities] == [e.id for e in world.entities]
 
 
+def test_require_outline_has_its_own_cache(world):
+    root = world.build_dir.parent
+    outlined = build_world(WorldConfig(root=root, flags="flagpy", require_outline=True))
+    assert outlined.build_dir != world.build_dir
+    assert all("outline" in e.images for e in outlined.entities) and len(outlined) < len(world)
+    again = build_world(WorldConfig(root=root, flags="flagpy"))  # not the outline-only world
+    assert len(again) == len(world)
+
+
+def test_flags_are_validated_before_any_cache_lookup(tmp_path):
+    with pytest.raises(ValueError, match="'npm', 'flagpy' or 'auto'"):
+        WorldConfig(root=tmp_path, flags="svg")
+    assert not list(tmp_path.iterdir())
+
+
+def test_no_alias_rewards_another_country(world):
+    """An alias that names a region or a sibling country ("England", "Korea") would reward wrong answers."""
+    assert "England" not in world.entity("country/GB").aliases
+    assert "Korea" not in world.entity("country/KR").aliases
+    owner: dict[str, str] = {}
+    for e in world.entities:
+        for a in {strip_accents(x).lower() for x in [e.name, *e.aliases]}:
+            assert owner.setdefault(a, e.id) == e.id, f"{a!r} names {owner[a]} and {e.id}"
+
+
 def test_npm_flags_required_but_missing_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="fetch-flags"):
         build_world(WorldConfig(root=tmp_path, flags="npm"))

@@ -20,22 +20,21 @@ import json
 import logging
 import shutil
 import time
-import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
+from mmsearch_r1.helpers import to_rgb
 from mmsearch_r1.world_aliases import (
     CAPITAL_ALIASES,
     CAPITAL_OVERRIDES,
-    COUNTRY_ALIASES,
     EXCLUDED_ISO2,
     TRANSCONTINENTAL,
     WIKI_TITLE_OVERRIDES,
     continent_of,
+    country_aliases,
     strip_accents,
 )
 from mmsearch_r1.world_sources import (  # noqa: F401  (re-exported: fetch_npm_flags, render_outline)
@@ -44,15 +43,15 @@ from mmsearch_r1.world_sources import (  # noqa: F401  (re-exported: fetch_npm_f
     _countryinfo_records,
     _flag_key,
     _flagpy_images,
-    _to_rgb,
     _wiki_summaries,
+    drop_duplicate_flags,
     fetch_npm_flags,
     render_outline,
 )
 
 log = logging.getLogger(__name__)
 
-WORLD_VERSION = 8
+WORLD_VERSION = 9
 """Bump when the build output changes; a cache with another version is rebuilt."""
 
 
@@ -64,6 +63,7 @@ class WorldConfig:
     """Cache folder (git-ignored). Build output goes to ``root/build``; ``root/vendor`` holds set-up fetches."""
     flags: str = "auto"
     """Flag source: "npm" (svg-country-flags PNGs; error if not fetched), "flagpy", or "auto" (npm if present)."""
+    # (checked in __post_init__, before any cache lookup)
     npm_flags_dir: Path | None = None
     """Unpacked npm package folder; default ``root/vendor/svg-country-flags/package``."""
     flag_width: int = 250
@@ -71,9 +71,13 @@ class WorldConfig:
     outline_size: int = 256
     """Side in pixels of the rendered outline maps."""
     require_outline: bool = False
-    """Keep only countries that have an outline (fewer entities)."""
+    """Keep only countries that have an outline (fewer entities; cached in its own build folder)."""
     rebuild: bool = False
     """Ignore an existing cache and rebuild."""
+
+    def __post_init__(self) -> None:
+        if self.flags not in ("npm", "flagpy", "auto"):
+            raise ValueError(f"WorldConfig.flags must be 'npm', 'flagpy' or 'auto', not {self.flags!r}")
 
     def npm_dir(self) -> Path:
         return (
@@ -126,7 +130,7 @@ class World:
     def image(self, entity_id: str, view: str) -> Image.Image:
         """The clean (unperturbed) image of an entity as RGB."""
         with Image.open(self.image_path(entity_id, view)) as im:
-            return im.convert("RGB")
+            return to_rgb(im)
 
     @staticmethod
     def url(entity_id: str, view: str) -> str:
@@ -216,31 +220,6 @@ def _wiki_match(name: str, alts: list[str], iso2: str) -> str | None:
     return None
 
 
-def _country_aliases(name: str, d: dict) -> list[str]:
-    iso = d.get("ISO") or {}
-    codes = {iso.get("alpha2"), iso.get("alpha3")}
-    out: list[str] = []
-    for a in [
-        *COUNTRY_ALIASES.get(iso.get("alpha2"), []),
-        *(d.get("altSpellings") or []),
-        d.get("nativeName"),
-    ]:
-        a = (a or "").strip()
-        manual = a in COUNTRY_ALIASES.get(iso.get("alpha2"), [])
-        if not a or (a in codes and not manual) or a == name or not any(ch.isalpha() for ch in a):
-            continue
-        if not all(ch.isascii() or ("LATIN" in unicodedata.name(ch, "") and ord(ch) < 0x250) for ch in a):
-            continue
-        out.append(a)
-    out += [strip_accents(a) for a in [name, *out]]
-    seen, uniq = {name}, []
-    for a in out:
-        if a not in seen:
-            seen.add(a)
-            uniq.append(a)
-    return uniq
-
-
 def _build(cfg: WorldConfig, build_dir: Path) -> World:
     t0 = time.time()
     use_npm = cfg.flags == "npm" or (cfg.flags == "auto" and (cfg.npm_dir() / "png250px").is_dir())
@@ -249,8 +228,6 @@ def _build(cfg: WorldConfig, build_dir: Path) -> World:
             f"npm flags not found in {cfg.npm_dir()}; run `python -m mmsearch_r1.world fetch-flags` "
             "(needs npm) or use WorldConfig(flags='flagpy')."
         )
-    if cfg.flags not in ("npm", "flagpy", "auto"):
-        raise ValueError(f"WorldConfig.flags must be 'npm', 'flagpy' or 'auto', not {cfg.flags!r}")
     flagpy = None if use_npm else _flagpy_images()
     records = _countryinfo_records()
     alpha3_name = {(r.get("ISO") or {}).get("alpha3"): r["name"] for r in records}
@@ -267,14 +244,14 @@ def _build(cfg: WorldConfig, build_dir: Path) -> World:
         if iso2 in EXCLUDED_ISO2 or not capital or not d.get("region"):
             skipped[iso2] = "no capital/region or excluded"
             continue
-        aliases = _country_aliases(name, d)
+        aliases = country_aliases(name, d)
         # flag
         if use_npm:
             src = cfg.npm_dir() / "png250px" / f"{iso2.lower()}.png"
-            flag = _to_rgb(Image.open(src)) if src.is_file() else None
+            flag = to_rgb(Image.open(src)) if src.is_file() else None
         else:
             arr = next((flagpy[k] for k in (_flag_key(a) for a in [name, *aliases]) if k in flagpy), None)
-            flag = Image.fromarray(arr).convert("RGB") if arr is not None else None
+            flag = to_rgb(Image.fromarray(arr)) if arr is not None else None
         if flag is None:
             skipped[iso2] = "no flag"
             continue
@@ -327,7 +304,7 @@ def _build(cfg: WorldConfig, build_dir: Path) -> World:
                 images=images,
             )
         )
-    entities, dups = _drop_duplicate_flags(entities, build_dir)
+    entities, dups = drop_duplicate_flags(entities, build_dir)
     skipped.update({e: f"same flag as {k}" for e, k in dups.items()})
     manifest = {
         "version": WORLD_VERSION,
@@ -345,28 +322,6 @@ def _build(cfg: WorldConfig, build_dir: Path) -> World:
     return World(build_dir, entities, manifest)
 
 
-def _drop_duplicate_flags(entities: list[Entity], build_dir: Path, tol: float = 0.002):
-    """Drop entities whose flag equals a more populous entity's flag (French overseas departments, ...).
-
-    "Which country's flag is this?" has no single answer for them. Returns (kept, {dropped iso2: kept name}).
-    """
-    order = sorted(entities, key=lambda e: -e.facts["population"])
-    kept, thumbs, dropped = [], [], {}
-    for e in order:
-        with Image.open(build_dir / e.images["flag"]) as im:
-            t = np.asarray(im.convert("RGB").resize((48, 32)), dtype=np.float32).ravel() / 255
-        twin = next((k for k, tk in zip(kept, thumbs, strict=True) if ((t - tk) ** 2).mean() < tol), None)
-        if twin is None:
-            kept.append(e)
-            thumbs.append(t)
-        else:
-            dropped[e.id.split("/")[1]] = twin.name
-            for rel in e.images.values():
-                (build_dir / rel).unlink(missing_ok=True)
-    keep = {e.id for e in kept}
-    return [e for e in entities if e.id in keep], dropped
-
-
 def _load(build_dir: Path) -> World | None:
     man, ents = build_dir / "manifest.json", build_dir / "entities.json"
     if not (man.is_file() and ents.is_file()):
@@ -378,14 +333,19 @@ def _load(build_dir: Path) -> World | None:
     return World(build_dir, entities, manifest)
 
 
-def build_world(config: WorldConfig | None = None) -> World:
-    """Build the world into ``config.root/build-<flags>`` or load it from there if already built."""
-    cfg = config or WorldConfig()
+def build_dir_of(cfg: WorldConfig) -> Path:
+    """The build folder of a config: every setting that changes the output is in its name."""
     use_npm = cfg.flags == "npm" or (cfg.flags == "auto" and (cfg.npm_dir() / "png250px").is_dir())
-    build_dir = Path(cfg.root) / f"build-{'npm' if use_npm else 'flagpy'}-{cfg.flag_width}-{cfg.outline_size}"
+    name = f"build-{'npm' if use_npm else 'flagpy'}-{cfg.flag_width}-{cfg.outline_size}"
+    return Path(cfg.root) / (name + ("-outlined" if cfg.require_outline else ""))
+
+
+def build_world(config: WorldConfig | None = None) -> World:
+    """Build the world into ``build_dir_of(config)`` or load it from there if already built."""
+    cfg = config or WorldConfig()
+    build_dir = build_dir_of(cfg)
     if not cfg.rebuild and (world := _load(build_dir)) is not None:
-        if not cfg.require_outline or all("outline" in e.images for e in world.entities):
-            return world
+        return world
     if build_dir.exists():
         shutil.rmtree(build_dir)
     tmp = build_dir.with_name(build_dir.name + ".tmp")

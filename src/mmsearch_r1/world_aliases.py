@@ -5,7 +5,8 @@ mapping (countryinfo's "Americas" is split into North/South America), transconti
 the Wikipedia title for countries whose name alone does not find their page. These make gold answers
 exact-matchable in the forms people and models actually write (e.g. "USA", "Kiev", "Bogota").
 
-What it does not: no I/O; the world builder (``world.py``) applies these tables. Written by hand because
+What it does not: no I/O; the world builder (``world.py``) applies these tables (``country_aliases``
+joins them with a countryinfo record). Written by hand because
 no installed package carries English exonyms or former capital names.
 """
 
@@ -21,9 +22,9 @@ def strip_accents(s: str) -> str:
 
 COUNTRY_ALIASES: dict[str, list[str]] = {
     "US": ["USA", "US", "U.S.", "U.S.A.", "America", "United States of America"],
-    "GB": ["UK", "U.K.", "Britain", "Great Britain", "England"],
+    "GB": ["UK", "U.K.", "Britain", "Great Britain"],  # not "England": a part, not the country
     "RU": ["Russian Federation"],
-    "KR": ["South Korea", "Korea, South", "Republic of Korea", "Korea"],
+    "KR": ["South Korea", "Korea, South", "Republic of Korea"],  # not "Korea": ambiguous with KP
     "KP": ["North Korea", "Korea, North", "DPRK"],
     "CZ": ["Czechia", "Czech Republic"],
     "CI": ["Ivory Coast", "Cote d'Ivoire", "Côte d'Ivoire"],
@@ -133,3 +134,28 @@ def continent_of(region: str, subregion: str, intermediate: str = "") -> str:
     if region == "Americas":
         return "South America" if "South America" in (subregion, intermediate) else "North America"
     return region
+
+
+def country_aliases(name: str, record: dict) -> list[str]:
+    """Accepted names for a countryinfo ``record`` besides ``name``: the hand-written aliases, its
+    altSpellings and native name (Latin script only, ISO codes only when listed by hand), then
+    accent-stripped forms; de-duplicated, in that order."""
+    iso = record.get("ISO") or {}
+    codes = {iso.get("alpha2"), iso.get("alpha3")}
+    manual_list = COUNTRY_ALIASES.get(iso.get("alpha2"), [])
+    out: list[str] = []
+    for a in [*manual_list, *(record.get("altSpellings") or []), record.get("nativeName")]:
+        a = (a or "").strip()
+        manual = a in manual_list
+        if not a or (a in codes and not manual) or a == name or not any(ch.isalpha() for ch in a):
+            continue
+        if not all(ch.isascii() or ("LATIN" in unicodedata.name(ch, "") and ord(ch) < 0x250) for ch in a):
+            continue
+        out.append(a)
+    out += [strip_accents(a) for a in [name, *out]]
+    seen, uniq = {name}, []
+    for a in out:
+        if a not in seen:
+            seen.add(a)
+            uniq.append(a)
+    return uniq

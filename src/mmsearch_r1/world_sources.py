@@ -2,7 +2,8 @@
 
 What it does: locates installed asset packages without importing them, reads the countryinfo records
 (one per ISO code), the packaged Wikipedia summaries and the flagpy arrays, fetches the npm flag
-package at set-up (``fetch_npm_flags``, via the ``npm`` client) and renders GeoJSON outlines with PIL.
+package at set-up (``fetch_npm_flags``, via the ``npm`` client), renders GeoJSON outlines with PIL
+and drops entities whose flag duplicates a more populous one's (``drop_duplicate_flags``).
 
 What it does not: no joining, caching or question logic (``world.py`` and ``questions.py``).
 """
@@ -157,10 +158,24 @@ def render_outline(geo: dict, size: int = 256, fill=(52, 96, 150)) -> Image.Imag
     return im
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode in ("RGBA", "LA", "P"):
-        im = im.convert("RGBA")
-        bg = Image.new("RGB", im.size, "white")
-        bg.paste(im, mask=im.split()[-1])
-        return bg
-    return im.convert("RGB")
+def drop_duplicate_flags(entities: list, build_dir: Path, tol: float = 0.002) -> tuple[list, dict[str, str]]:
+    """Drop entities whose flag equals a more populous entity's flag (French overseas departments, ...).
+
+    "Which country's flag is this?" has no single answer for them. Deletes the dropped entities'
+    images from ``build_dir``. Returns (kept, {dropped iso2: kept name}).
+    """
+    order = sorted(entities, key=lambda e: -e.facts["population"])
+    kept, thumbs, dropped = [], [], {}
+    for e in order:
+        with Image.open(build_dir / e.images["flag"]) as im:
+            t = np.asarray(im.convert("RGB").resize((48, 32)), dtype=np.float32).ravel() / 255
+        twin = next((k for k, tk in zip(kept, thumbs, strict=True) if ((t - tk) ** 2).mean() < tol), None)
+        if twin is None:
+            kept.append(e)
+            thumbs.append(t)
+        else:
+            dropped[e.id.split("/")[1]] = twin.name
+            for rel in e.images.values():
+                (build_dir / rel).unlink(missing_ok=True)
+    keep = {e.id for e in kept}
+    return [e for e in entities if e.id in keep], dropped
