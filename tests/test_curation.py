@@ -98,8 +98,25 @@ def test_curate_labels_drops_and_balances():
     assert cat["q1"] == "search_free" and cat["q2"] == "search_required"
     assert dict(zip(ds["data_id"], ds["acc_no_search"], strict=True))["q1"] == 1.0
     assert res.stats["search_type"] == {"image": 2, "mixed": 1, "text": 1}
-    half = curate(_rows(), det_rollout, CurationConfig(k=2, free_ratio=0.5))
+    half = curate(_rows(), det_rollout, CurationConfig(k=2, free_ratio=0.5, min_keep=0))
     assert half.stats["out_search_free"] == half.stats["out_search_required"] == 1
+    with pytest.raises(ValueError, match="keeps 2 of 5 labelled rows"):  # 1 free: 0.5 keeps 2 of 5
+        curate(_rows(), det_rollout, CurationConfig(k=2, free_ratio=0.5))
+
+
+def test_balanced_sample_refuses_to_shrink_silently():
+    labels = {f"f{i}": "search_free" for i in range(3)} | {f"r{i}": "search_required" for i in range(97)}
+    with pytest.raises(
+        ValueError, match=r"keeps 9 of 100 .*3 search_free, 97 search_required.*free_ratio=None"
+    ):
+        balanced_sample(labels, 0.32)
+    only_req = {f"r{i}": "search_required" for i in range(10)}
+    with pytest.raises(ValueError, match="0 search_free"):
+        balanced_sample(only_req, 0.32)
+    assert balanced_sample(only_req, 0.0) == sorted(only_req)  # the ratio needs no free rows
+    assert len(balanced_sample(labels, 0.32, min_keep=0)) == 9  # explicit opt-out
+    assert len(balanced_sample(labels, 0.03)) == 100  # a ratio near the labelled share keeps all
+    assert balanced_sample({"d": "dropped"}, 0.32) == []  # nothing labelled: nothing to complain about
 
 
 def test_rollout_contract_is_checked():
@@ -148,7 +165,7 @@ def test_curate_with_the_tiny_policy_through_the_inference_rollout():
     cfg = RolloutConfig(temperature=1.0, max_new_tokens=4, batch_size=4, progress=False)
     gen = HFGenerator(model, processor, cfg, suppress_tokens=vision_token_ids(processor))
     fn = curation_rollout_fn(processor, gen, make_env_factory(Engines(Img(), Txt())), cfg)
-    res = curate(_rows(2), fn, CurationConfig(k=2, free_ratio=0.5))
+    res = curate(_rows(2), fn, CurationConfig(k=2, free_ratio=0.5, min_keep=0))
     assert set(res.labels) == {"q0", "q1"}
     assert set(res.labels.values()) <= {"dropped", "search_free", "search_required"}
     assert res.stats["n_in"] == 2 and len(res.dataset) == res.stats["n_out"] <= 2

@@ -122,6 +122,29 @@ def test_write_then_read_round_trip_keeps_extras(tmp_path):
     assert back["data_id"] == ["w0", "w1", "w2"] and back[0]["aliases"] == ["Bogota"]
     assert back[0]["kind"] == "text_only" and back[0]["category"] == "search_required"
     assert D.read_extra_info(path)[0]["entity_id"] == "country/CO"
+    assert back["source"] == ["world"] * 3  # from extra_info, not data_source
+
+
+def test_numeric_and_odd_candidate_answers(tmp_path):
+    recs = [_fvqa_record(0, answer="1984", cands="1984"), _fvqa_record(1, answer="1984", cands="[1984, 1985, null]"),
+            _fvqa_record(2, answer="7", cands='"seven"'), _fvqa_record(3, cands="{'a': 1}")]  # fmt: skip
+    path = tmp_path / "num.parquet"
+    pq.write_table(pa.Table.from_pylist(recs), path)
+    ds, rep = D.load_fvqa_parquet(path, return_report=True)  # no TypeError aborting the load
+    assert ds["aliases"] == [[], ["1985"], ["seven"]]
+    assert rep.bad == [("fvqa_train_3", "candidate answers must be a list, a string or a number, not dict")]
+    assert D._candidates(1984) == ["1984"] and D._candidates([None, 2.5, " "]) == ["2.5"]
+    assert D._candidates(None) == [] and D._candidates("Lima") == ["Lima"]
+
+
+def test_write_pool_returns_sizes_without_rereading(tmp_path):
+    ds = D.rows_to_dataset([{"data_id": f"p{i}", "image": Image.new("RGB", (4, 4)), "question": "q", "answer": "a",
+                             "aliases": [], "category": None, "kind": None, "source": "s"} for i in range(3)])  # fmt: skip
+    sizes = D.write_pool({"train": ds, "test": ds.select([0])}, tmp_path, "world")
+    assert sizes == {"train": {"path": str(tmp_path / "world_train.parquet"), "rows": 3},
+                     "test": {"path": str(tmp_path / "world_test.parquet"), "rows": 1}}  # fmt: skip
+    raw = pq.read_table(tmp_path / "world_test.parquet").to_pylist()[0]
+    assert raw["data_source"] == "mmsearch_r1/world_test"
 
 
 def test_mmsearch_end2end_format(tmp_path):
@@ -218,3 +241,23 @@ def test_decode_image_variants(tmp_path):
     for bad in (None, b"", [], {"bytes": None, "path": None}, b"garbage"):
         with pytest.raises(ValueError):
             D.decode_image(bad)
+    for missing in ("/no/such.png", "images/a.jpg", str(tmp_path / "gone")):
+        with pytest.raises(ValueError, match="image file not found: .*(such.png|a.jpg|gone)"):
+            D.decode_image(missing)
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt"):  # exists but broken: not "not found"
+        D.decode_image(str(tmp_path / "bad.png"))
+    with pytest.raises(ValueError, match="corrupt"):
+        D.decode_image("aGVsbG8=")  # valid base64, not an image
+
+
+def test_transparent_pixels_become_white_everywhere(tmp_path):
+    from mmsearch_r1.helpers import to_rgb
+
+    im = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    assert to_rgb(im).getpixel((0, 0)) == (255, 255, 255)
+    assert D.decode_image(im).getpixel((0, 0)) == (255, 255, 255)
+    assert D.decode_image(buf.getvalue()).getpixel((0, 0)) == (255, 255, 255)
+    assert D.to_rgb is to_rgb

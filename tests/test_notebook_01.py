@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("papermill")
 
 
+@pytest.mark.slow  # about 40 s on 2 shared cores (papermill kernel, smoke image index)
 def test_notebook_01_smoke(tmp_path):
     from mmsearch_r1.notebook_utils import run_notebook
 
@@ -27,3 +28,8 @@ def test_notebook_01_smoke(tmp_path):
     train_extra = read_extra_info(out_dir / "world_train.parquet")
     assert set(train["category"]) <= {"search_free", "search_required"}
     assert not {e["entity_id"] for e in train_extra} & {e["entity_id"] for e in test_extra}
+    for name, n in summary["sizes"].items():  # sizes come from write_pool, not from re-reading
+        assert len(load_fvqa_parquet(summary["paths"][name])) == n
+    assert summary["sizes"]["train_pool"] >= summary["sizes"]["train"]
+    recall = summary["image_search_recall"]
+    assert recall is None or {"all", "flag"} <= set(recall)

@@ -20,6 +20,7 @@ from mmsearch_r1.questions import (
     known_random,
     perturb_image,
     pool_counts,
+    recall_by_view,
     split_entities,
 )
 from mmsearch_r1.rewards import exact_match
@@ -152,3 +153,36 @@ def test_image_search_recall_and_counts(pool):
     assert image_search_recall(ds, eng) == {"recall@1": 0.0, "recall@5": 0.0, "n": 5}
     rows = pool_counts(pool)
     assert sum(r["n"] for r in rows) == sum(len(pool[s]) for s in pool)
+
+
+def test_colour_answers_hold_for_the_perturbed_query_image(world):
+    """Harsh backgrounds change the dominant colour: such rows are dropped, the rest answer the query image."""
+    templates = ("flag_colour",)
+    mild = build_pool(world, QuestionConfig(templates=templates))
+    harsh_cfg = PerturbConfig(background_prob=1.0, background_scale=(0.45, 0.55), saturation=0.0)
+    harsh = build_pool(world, QuestionConfig(templates=templates, perturb=harsh_cfg))
+    harsh_rows = [r for s in harsh for r in harsh[s]]
+    for r in harsh_rows:
+        assert dominant_colour(r["image"]) == r["answer"], r["data_id"]
+    assert 0 < len(harsh_rows) < sum(len(mild[s]) for s in mild)
+
+
+def test_recall_by_view_scores_visual_rows_per_view(pool):
+    rows = pool["test"]
+    by_pixels = {r["image"].tobytes(): r for r in rows}
+
+    class Engine:  # right on flag queries, wrong on outline queries
+        def search_image(self, image, *, k=5):
+            r = by_pixels[image.tobytes()]
+            return (
+                [ImageHit(title="x", url=World.url(r["entity_id"], "flag"))]
+                if "flag" in r["template"]
+                else []
+            )
+
+    visual = [r for r in rows if r["template"] in ("flag_country", "outline_country")]
+    n_flag = sum(r["template"] == "flag_country" for r in visual)
+    out = recall_by_view(rows, Engine(), ks=(1,))
+    assert out["all"] == {"recall@1": n_flag / len(visual), "n": len(visual)}  # text rows are not queries
+    assert out["flag"] == {"recall@1": 1.0, "n": n_flag}
+    assert out["outline"] == {"recall@1": 0.0, "n": len(visual) - n_flag}

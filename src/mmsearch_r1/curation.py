@@ -14,7 +14,6 @@ decides correctness, e.g. with ``mmsearch_r1.rewards.exact_match``).
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ from typing import Any, Protocol
 
 import datasets
 import numpy as np
+
+from mmsearch_r1.helpers import seeded_rng
 
 SEARCH_TYPES = ("image", "text", "mixed")
 
@@ -60,6 +61,9 @@ class CurationConfig:
     """Rollouts per question in each mode (search disabled, search enabled)."""
     free_ratio: float | None = 0.32
     """Target share of search_free rows after sampling; None keeps every labelled row."""
+    min_keep: float = 0.5
+    """Fail (ValueError) when sampling to ``free_ratio`` would keep less than this share of the
+    labelled rows (or a needed class is empty); 0 accepts any shrinkage."""
     n_target: int | None = None
     """Rows to keep; None = as many as the ratio allows."""
     seed: int = 0
@@ -95,9 +99,20 @@ def label_outcomes(no_search: Sequence[Outcome], with_search: Sequence[Outcome])
 
 
 def balanced_sample(
-    labels: dict[str, str], free_ratio: float | None, n_target: int | None = None, seed: int = 0
+    labels: dict[str, str],
+    free_ratio: float | None,
+    n_target: int | None = None,
+    seed: int = 0,
+    *,
+    min_keep: float = 0.5,
 ) -> list[str]:
-    """Ids sampled so that ``free_ratio`` of them are search_free (as close as the counts allow)."""
+    """Ids sampled so that ``free_ratio`` of them are search_free (as close as the counts allow).
+
+    Raises ValueError (naming the counts and the fix) when the ratio cannot be met without throwing
+    most rows away: a class the ratio needs is empty, or fewer than ``min_keep`` of the labelled rows
+    would be kept (``n_target`` aside). Lower/raise ``free_ratio`` towards the labelled share, or pass
+    None to keep every labelled row; ``min_keep=0`` turns the check off.
+    """
     free = sorted(i for i, lab in labels.items() if lab == "search_free")
     req = sorted(i for i, lab in labels.items() if lab == "search_required")
     rng = np.random.default_rng(seed)
@@ -116,6 +131,15 @@ def balanced_sample(
         n = int(min(len(free) / free_ratio, len(req) / (1 - free_ratio)))
     if n_target is not None:
         n = min(n, n_target)
+    labelled = len(free) + len(req)
+    need_free, need_req = free_ratio > 0, free_ratio < 1
+    empty = (need_free and not free) or (need_req and not req)
+    if labelled and (empty or n < min_keep * min(labelled, n_target or labelled)):
+        raise ValueError(
+            f"free_ratio={free_ratio} keeps {n} of {labelled} labelled rows ({len(free)} search_free, "
+            f"{len(req)} search_required; labelled share {len(free) / labelled:.2f}): choose a free_ratio "
+            "nearer that share, or free_ratio=None to keep every labelled row (min_keep=0 allows it)"
+        )
     n_free = int(round(n * free_ratio))
     n_req = n - n_free
     pick = list(rng.permutation(free)[:n_free]) + list(rng.permutation(req)[:n_req]) if n else []
@@ -147,7 +171,7 @@ def curate(
         labels[row["data_id"]], stype[row["data_id"]] = lab, st
         acc0[row["data_id"]] = sum(o.correct for o in o0) / cfg.k
         acc1[row["data_id"]] = sum(o.correct for o in o1) / cfg.k
-    keep = set(balanced_sample(labels, cfg.free_ratio, cfg.n_target, cfg.seed))
+    keep = set(balanced_sample(labels, cfg.free_ratio, cfg.n_target, cfg.seed, min_keep=cfg.min_keep))
     idx = [i for i, r in enumerate(rows) if r["data_id"] in keep]
     out = ds.select(idx)
     ids = out["data_id"]
@@ -192,8 +216,7 @@ def simulated_rollout_fn(
     def fn(rows: Sequence[dict[str, Any]], *, allow_search: bool, k: int) -> list[list[Outcome]]:
         out = []
         for row in rows:
-            key = f"{seed}/{row['data_id']}/{allow_search}".encode()
-            rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
+            rng = seeded_rng(seed, row["data_id"], allow_search)
             easy = row.get("kind") == "search_free" or row.get("entity_id") in known
             outs = []
             for _ in range(k):

@@ -1,16 +1,17 @@
-"""Row schema, FVQA / veRL parquet reader and writer, and readers for the benchmarks.
+"""Row schema and the FVQA / veRL parquet reader and writer.
 
 What it does: defines the row schema every stage uses (a ``datasets.Dataset`` with ``data_id, image
 (PIL), question, answer, aliases, category, kind, source``; extra columns are allowed and kept),
 converts the FVQA / veRL parquet format (``prompt``, ``images``, ``reward_model{ground_truth,
 candidate_answers}``, ``data_source``, ``data_id``, ``category``, optional ``extra_info``) to and from
-it, and reads FVQA (train/test), InfoSeek, MMSearch, SimpleVQA and LiveVQA either from the hub (when
-reachable) or from a local file in the benchmark's own format. Rows with a missing or corrupt image or
-an empty question/answer are dropped *and reported* (``LoadReport``: ids, reasons, count) - or kept or
-raised on, as the caller asks.
+it (``load_fvqa_parquet``, ``write_fvqa_parquet``, ``write_pool``). Rows with a missing or corrupt
+image or an empty question/answer are dropped *and reported* (``LoadReport``: ids, reasons, count) -
+or kept or raised on, as the caller asks. ``to_row`` helpers (``decode_image``, ``convert_rows``) are
+shared with the benchmark readers.
 
-What it does not: no question generation (``questions.py``), no curation (``curation.py``), no
-network access of its own (the hub is reached only through ``datasets`` / ``huggingface_hub``).
+What it does not: no benchmark readers (``benchmarks_data.py``: FVQA from the hub, InfoSeek, MMSearch,
+SimpleVQA, LiveVQA; ``load_benchmark`` and friends stay importable from here), no question
+generation (``questions.py``), no curation (``curation.py``), no network access.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import binascii
 import io
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,18 +29,13 @@ from typing import Any
 import datasets
 from PIL import Image
 
+from mmsearch_r1.helpers import to_rgb  # noqa: F401  (re-exported: data.to_rgb)
+
 log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ("data_id", "image", "question", "answer", "aliases", "category", "kind", "source")
 """The columns every row has (others may follow)."""
 CATEGORIES = ("search_free", "search_required")
-HUB_IDS = {
-    "fvqa": "lmms-lab/FVQA",
-    "mmsearch": "CaraJ/MMSearch",
-    "simplevqa": "m-a-p/SimpleVQA",
-    "livevqa": "ONE-Lab/LiveVQA-Research-Preview",
-}
-"""Hub dataset ids. InfoSeek has none: MMSearch-R1's 2k subset ships as a parquet in its GitHub repo."""
 
 
 def row_features(extra: dict[str, Any] | None = None) -> datasets.Features:
@@ -94,16 +90,17 @@ class LoadReport:
 
 
 def decode_image(obj: Any, *, root: Path | None = None) -> Image.Image:
-    """PIL image from a PIL image, {'bytes','path'} dict, raw bytes, a base64 string or a file path.
+    """RGB PIL image (transparency on white) from a PIL image, {'bytes','path'} dict, raw bytes, a
+    base64 string or a file path (relative paths under ``root``).
 
-    Raises ValueError naming the problem when the image is missing or cannot be decoded.
+    Raises ValueError naming the problem: missing image, file not found, or corrupt/unreadable data.
     """
     if isinstance(obj, list | tuple):
         if not obj:
             raise ValueError("missing image (empty list)")
         obj = obj[0]
     if isinstance(obj, Image.Image):
-        return obj.convert("RGB")
+        return to_rgb(obj)
     if isinstance(obj, dict):
         data = obj.get("bytes")
         obj = data if data else obj.get("path")
@@ -112,17 +109,25 @@ def decode_image(obj: Any, *, root: Path | None = None) -> Image.Image:
     try:
         if isinstance(obj, str):
             p = Path(obj) if root is None or Path(obj).is_absolute() else Path(root) / obj
-            if len(obj) < 1024 and p.is_file():
-                data = p.read_bytes()
-            else:
-                data = base64.b64decode(obj, validate=True)
+            data = p.read_bytes() if len(obj) < 1024 and p.is_file() else base64.b64decode(obj, validate=True)
         else:
             data = bytes(obj)
         im = Image.open(io.BytesIO(data))
         im.load()
-        return im.convert("RGB")
+        return to_rgb(im)
     except (OSError, binascii.Error, ValueError, SyntaxError) as exc:
+        if isinstance(obj, str) and _looks_like_path(obj) and not p.is_file():
+            raise ValueError(f"image file not found: {p}") from exc
         raise ValueError(f"corrupt or unreadable image ({type(exc).__name__})") from exc
+
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _looks_like_path(s: str) -> bool:
+    """A short string that did not decode and has an image suffix or a path separator: a missing file
+    rather than bad base64 (only called after decoding failed)."""
+    return len(s) < 1024 and (s.lower().endswith(_IMAGE_SUFFIXES) or "/" in s or "\\" in s)
 
 
 def convert_rows(
@@ -182,28 +187,37 @@ def _prompt_text(prompt: Any) -> str:
 
 
 def _candidates(raw: Any) -> list[str]:
-    if raw is None:
-        return []
+    """Alternative answers as strings, from a list, a JSON / Python-literal string, a plain string or a
+    number (e.g. 1984); None entries are skipped. Other types raise ValueError (the row is reported)."""
+    if hasattr(raw, "tolist"):  # numpy / pyarrow arrays from parquet readers
+        raw = raw.tolist()
     if isinstance(raw, str):
-        raw = raw.strip()
-        if not raw:
+        text = raw.strip()
+        if not text:
             return []
         try:
-            raw = json.loads(raw)
+            raw = json.loads(text)
         except json.JSONDecodeError:
-            try:
-                import ast
+            import ast
 
-                raw = ast.literal_eval(raw)
+            try:
+                raw = ast.literal_eval(text)
             except (ValueError, SyntaxError):
-                return [raw]
-    if isinstance(raw, str):
-        return [raw]
-    return [str(a) for a in raw if str(a).strip()]
+                return [text]
+    if raw is None:
+        return []
+    if isinstance(raw, str | int | float):
+        raw = [raw]
+    if not isinstance(raw, list | tuple):
+        raise ValueError(f"candidate answers must be a list, a string or a number, not {type(raw).__name__}")
+    return [str(a) for a in raw if a is not None and str(a).strip()]
 
 
 def fvqa_record_to_row(rec: dict[str, Any], i: int = 0, *, source: str | None = None) -> dict[str, Any]:
-    """One FVQA / veRL record -> one row (raises ValueError on a bad image)."""
+    """One FVQA / veRL record -> one row (raises ValueError on a bad image or bad candidate answers).
+
+    ``source``: an explicit value, else ``extra_info["source"]`` (what ``write_fvqa_parquet`` stores),
+    else ``data_source``."""
     rm = rec.get("reward_model") or {}
     gt = rm.get("ground_truth")
     if isinstance(gt, dict):  # some veRL variants: {"target": [...]}
@@ -213,7 +227,12 @@ def fvqa_record_to_row(rec: dict[str, Any], i: int = 0, *, source: str | None = 
     gt = str(gt or "").strip()
     extra = rec.get("extra_info") or {}
     if isinstance(extra, str):
-        extra = json.loads(extra or "{}")
+        try:
+            extra = json.loads(extra or "{}")
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"extra_info is not JSON ({exc})") from exc
+    if not isinstance(extra, dict):
+        extra = {}
     category = rec.get("category") or extra.get("category")
     row = {
         "data_id": str(rec.get("data_id") or extra.get("data_id") or f"{source or 'fvqa'}_{i}"),
@@ -223,7 +242,7 @@ def fvqa_record_to_row(rec: dict[str, Any], i: int = 0, *, source: str | None = 
         "aliases": [a for a in _candidates(rm.get("candidate_answers")) if a != gt],
         "category": category if category in CATEGORIES else None,
         "kind": extra.get("kind") or None,
-        "source": source or str(rec.get("data_source") or "fvqa"),
+        "source": source or str(extra.get("source") or rec.get("data_source") or "fvqa"),
     }
     return row
 
@@ -296,142 +315,32 @@ def read_extra_info(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(x) if isinstance(x, str) else (x or {}) for x in col]
 
 
-# --------------------------------------------------------------------------- benchmark readers
-
-
-def _hub(name: str, loader: Callable[[], Any]) -> Any:
-    try:
-        return loader()
-    except Exception as exc:  # offline, gated, renamed: all become one clear message
-        raise RuntimeError(
-            f"could not load {name} from the Hugging Face hub ({type(exc).__name__}: {str(exc)[:200]}). "
-            f"Offline? Download it elsewhere and pass path=... (see mmsearch_r1.data.load_benchmark)."
-        ) from exc
-
-
-def load_fvqa(split: str = "train", *, path: str | Path | None = None, **kw) -> datasets.Dataset:
-    """FVQA train (4,856 rows, labelled) or test (1,800 rows): a local parquet, else ``lmms-lab/FVQA``."""
-    if path is None:
-        from huggingface_hub import hf_hub_download
-
-        path = _hub(
-            "FVQA", lambda: hf_hub_download(HUB_IDS["fvqa"], f"fvqa_{split}.parquet", repo_type="dataset")
+def write_pool(
+    pool: Mapping[str, datasets.Dataset], out_dir: str | Path, prefix: str, *, image_format: str = "PNG"
+) -> dict[str, dict[str, Any]]:
+    """Write each named split to ``out_dir/<prefix>_<name>.parquet`` with ``data_source``
+    "mmsearch_r1/<prefix>_<name>"; returns {name: {"path": str, "rows": n}} (counts from the
+    datasets written, no re-reading)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, ds in pool.items():
+        path = write_fvqa_parquet(
+            ds,
+            Path(out_dir) / f"{prefix}_{name}.parquet",
+            data_source=f"mmsearch_r1/{prefix}_{name}",
+            image_format=image_format,
         )
-    return load_fvqa_parquet(path, **kw)
+        out[name] = {"path": str(path), "rows": len(ds)}
+    return out
 
 
-def load_infoseek(
-    path: str | Path, *, image_root: str | Path | None = None, on_bad: str = "report"
-) -> datasets.Dataset:
-    """InfoSeek: MMSearch-R1's ``mmsearch_r1_infoseek_sub_2k.parquet`` (veRL format) or an InfoSeek jsonl.
-
-    The jsonl rows (``data_id, image_id, question, answer, answer_eval``) need ``image_root`` holding
-    ``<image_id>.jpg`` (the OVEN images). No hub copy exists, so a path is required.
-    """
-    path = Path(path)
-    if path.suffix == ".parquet":
-        return load_fvqa_parquet(path, on_bad=on_bad)
-    recs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-    def to_row(r: dict, i: int) -> dict:
-        golds = [a for a in r.get("answer_eval") or r.get("answer") or [] if isinstance(a, str)]
-        answer = (r.get("answer") or golds or [""])[0]
-        if isinstance(answer, dict):  # numeric answers: {"range": [...], "wikidata": x}
-            answer = str(answer.get("wikidata", ""))
-        img = Path(image_root or path.parent) / f"{r.get('image_id')}.jpg"
-        return {"data_id": str(r.get("data_id") or f"infoseek_{i}"), "image": decode_image(str(img)),
-                "question": r.get("question", ""), "answer": str(answer),
-                "aliases": [a for a in golds if a != answer], "category": None,
-                "kind": r.get("question_type"), "source": "infoseek"}  # fmt: skip
-
-    return convert_rows(recs, to_row, source="infoseek", on_bad=on_bad)[0]
+_BENCHMARK_NAMES = ("HUB_IDS", "load_benchmark", "load_fvqa", "load_infoseek", "load_livevqa", "load_mmsearch",
+                    "load_simplevqa")  # fmt: skip
 
 
-def load_mmsearch(path: str | Path | None = None, *, on_bad: str = "report") -> datasets.Dataset:
-    """MMSearch end2end (``CaraJ/MMSearch``, config/split "end2end"): rows without a query image are bad.
+def __getattr__(name: str) -> Any:
+    """Benchmark readers moved to ``benchmarks_data``; still importable from here (lazily: no cycle)."""
+    if name in _BENCHMARK_NAMES:
+        from mmsearch_r1 import benchmarks_data
 
-    Columns: sample_id, query, query_image, gt_answer, alternative_gt_answers, area, subfield, ...
-    The paper uses the 171 questions that have an image; the others are reported as bad rows.
-    """
-    if path is None:
-        recs = _hub(
-            "MMSearch", lambda: datasets.load_dataset(HUB_IDS["mmsearch"], "end2end", split="end2end")
-        )
-    else:
-        recs = _parquet_records(path)
-
-    def to_row(r: dict, i: int) -> dict:
-        gt = str(r.get("gt_answer") or "").strip()
-        return {"data_id": str(r.get("sample_id") or f"mmsearch_{i}"), "image": decode_image(r.get("query_image")),
-                "question": str(r.get("query") or ""), "answer": gt,
-                "aliases": [a for a in _candidates(r.get("alternative_gt_answers")) if a != gt],
-                "category": None, "kind": r.get("area"), "source": "mmsearch"}  # fmt: skip
-
-    return convert_rows(recs, to_row, source="mmsearch", on_bad=on_bad)[0]
-
-
-def load_simplevqa(
-    path: str | Path | None = None, *, language: str | None = "EN", on_bad: str = "report"
-) -> datasets.Dataset:
-    """SimpleVQA (``m-a-p/SimpleVQA``, split "test"): English rows only by default (the paper's 1,013).
-
-    Columns: data_id, image (base64 string or image), question, answer, language, vqa_category, ...
-    """
-    if path is None:
-        recs = _hub("SimpleVQA", lambda: datasets.load_dataset(HUB_IDS["simplevqa"], split="test"))
-    else:
-        recs = _parquet_records(path)
-    if language:
-        recs = [r for r in recs if str(r.get("language") or "").upper().startswith(language.upper())]
-
-    def to_row(r: dict, i: int) -> dict:
-        return {"data_id": f"simplevqa_{r.get('data_id', i)}", "image": decode_image(r.get("image")),
-                "question": str(r.get("question") or ""), "answer": str(r.get("answer") or "").strip(),
-                "aliases": [], "category": None, "kind": r.get("vqa_category"), "source": "simplevqa"}  # fmt: skip
-
-    return convert_rows(recs, to_row, source="simplevqa", on_bad=on_bad)[0]
-
-
-def load_livevqa(path: str | Path | None = None, *, on_bad: str = "report") -> datasets.Dataset:
-    """LiveVQA research preview: a folder with ``qa.json`` (sample_id, query, query_image, gt_answer) and
-    ``image/``; downloaded from ``ONE-Lab/LiveVQA-Research-Preview`` when no path is given."""
-    if path is None:
-        from huggingface_hub import snapshot_download
-
-        path = _hub("LiveVQA", lambda: snapshot_download(HUB_IDS["livevqa"], repo_type="dataset",
-                                                         allow_patterns=["qa.json", "image/**"]))  # fmt: skip
-    root = Path(path)
-    qa = root / "qa.json" if root.is_dir() else root
-    data = json.loads(qa.read_text(encoding="utf-8"))
-    recs = data if isinstance(data, list) else data.get("data") or data.get("samples") or []
-
-    def to_row(r: dict, i: int) -> dict:
-        img = str(r.get("query_image") or "")
-        if not img:
-            raise ValueError("missing image")
-        p = qa.parent / img.lstrip("/")
-        p = p if p.is_file() else qa.parent / "image" / Path(img).name
-        gt = r.get("gt_answer")
-        golds = [str(a) for a in (gt if isinstance(gt, list) else [gt]) if a is not None and str(a).strip()]
-        return {"data_id": str(r.get("sample_id") or f"livevqa_{i}"), "image": decode_image(str(p)),
-                "question": str(r.get("query") or ""), "answer": golds[0] if golds else "",
-                "aliases": golds[1:], "category": None, "kind": r.get("topic"), "source": "livevqa"}  # fmt: skip
-
-    return convert_rows(recs, to_row, source="livevqa", on_bad=on_bad)[0]
-
-
-def load_benchmark(name: str, path: str | Path | None = None, **kw) -> datasets.Dataset:
-    """By name: "fvqa_train", "fvqa_test", "infoseek", "mmsearch", "simplevqa", "livevqa"."""
-    if name in ("fvqa_train", "fvqa_test"):
-        return load_fvqa(name.split("_")[1], path=path, **kw)
-    readers = {"infoseek": load_infoseek, "mmsearch": load_mmsearch, "simplevqa": load_simplevqa,
-               "livevqa": load_livevqa}  # fmt: skip
-    if name not in readers:
-        raise ValueError(
-            f"unknown benchmark {name!r}; choose from fvqa_train, fvqa_test, {', '.join(readers)}"
-        )
-    if name == "infoseek" and path is None:
-        raise ValueError(
-            "InfoSeek has no hub copy: pass path= to mmsearch_r1_infoseek_sub_2k.parquet or a jsonl"
-        )
-    return readers[name](path, **kw)
+        return getattr(benchmarks_data, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,21 +14,23 @@ training. A ``known`` set of entities (the policy's knowledge boundary, drawn ac
 each row's prior ``category``: questions about a known entity, and search-free questions, are
 ``search_free``; the rest are ``search_required``. Curation (``curation.py``) can relabel from rollouts.
 
-What it does not: no search engine, no model; no I/O except reading the world's images.
+What it does not: no search engine of its own, no model; no I/O except reading the world's images
+(``query_image_engine`` hands recall checks a local engine from ``mmsearch_r1.tools``).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import datasets
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from mmsearch_r1.data import rows_to_dataset
+from mmsearch_r1.helpers import seeded_rng, to_rgb
 from mmsearch_r1.world import Entity, World
 
 KINDS = ("search_free", "visual_knowledge", "textual_knowledge", "text_only")
@@ -110,7 +112,7 @@ _COLOURS = ("red", "white", "blue", "green", "yellow", "black", "orange")
 
 def colour_shares(im: Image.Image) -> dict[str, float]:
     """Share of pixels per basic colour name (HSV rules; greys below 0.35 value count as black)."""
-    hsv = np.asarray(im.convert("RGB").resize((96, 64)).convert("HSV"), dtype=np.float32) / 255.0
+    hsv = np.asarray(to_rgb(im).resize((96, 64)).convert("HSV"), dtype=np.float32) / 255.0
     h, s, v = hsv[..., 0] * 360, hsv[..., 1], hsv[..., 2]
     name = np.full(h.shape, "", dtype=object)
     chroma = (s > 0.3) & (v > 0.25)
@@ -135,22 +137,17 @@ def dominant_colour(im: Image.Image, *, min_share: float = 0.45, min_margin: flo
 # --------------------------------------------------------------------------- perturbation
 
 
-def _rng(*parts: object) -> np.random.Generator:
-    h = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return np.random.default_rng(int.from_bytes(h[:8], "little"))
-
-
 def perturb_image(im: Image.Image, rng: np.random.Generator, cfg: PerturbConfig | None = None) -> Image.Image:
     """A perturbed copy of ``im``: crop, rotation, colour jitter, blur, background, JPEG, resize."""
     out = Image.open(io.BytesIO(perturb_image_bytes(im, rng, cfg)))
     out.load()
-    return out.convert("RGB")
+    return to_rgb(out)
 
 
 def perturb_image_bytes(im: Image.Image, rng: np.random.Generator, cfg: PerturbConfig | None = None) -> bytes:
     """Like ``perturb_image`` but returns the JPEG bytes (what the datasets store, without re-encoding)."""
     cfg = cfg or PerturbConfig()
-    im = im.convert("RGB")
+    im = to_rgb(im)
     w, h = im.size
     keep = rng.uniform(*cfg.crop)
     cw, ch = max(8, int(w * np.sqrt(keep))), max(8, int(h * np.sqrt(keep)))
@@ -218,10 +215,15 @@ def known_random(world: World, fraction: float = 0.35, seed: int = 0) -> frozens
 # --------------------------------------------------------------------------- pool
 
 
-def _answer(e: Entity, template: str, clean: Image.Image | None) -> tuple[str, list[str]] | None:
+def _answer(e: Entity, template: str, clean: Image.Image, query: bytes) -> tuple[str, list[str]] | None:
+    """Gold answer and aliases, or None to drop the row. A colour answer must hold for both the clean
+    flag and the perturbed query image (the one the policy sees): blur, jitter or a background can
+    change which colour dominates."""
     if template == "flag_colour":
-        c = dominant_colour(clean) if clean is not None else None
-        return (c, []) if c else None
+        c = dominant_colour(clean)
+        if c is None or dominant_colour(Image.open(io.BytesIO(query))) != c:
+            return None
+        return c, []
     if template.endswith("_country"):
         return e.name, list(e.aliases)
     if template.endswith("capital") or template == "capital_of":
@@ -251,12 +253,12 @@ def build_pool(world: World, config: QuestionConfig | None = None) -> datasets.D
                 continue
             if view not in clean_cache:
                 clean_cache[view] = world.image(e.id, view)
-            ans = _answer(e, t, clean_cache[view])
-            if ans is None:
-                continue
             split = split_of[e.id]
             data_id = f"{cfg.source}_{t}_{e.id.split('/')[-1].lower()}"
-            jpeg = perturb_image_bytes(clean_cache[view], _rng(cfg.seed, split, data_id), cfg.perturb)
+            jpeg = perturb_image_bytes(clean_cache[view], seeded_rng(cfg.seed, split, data_id), cfg.perturb)
+            ans = _answer(e, t, clean_cache[view], jpeg)
+            if ans is None:
+                continue
             known = e.id in cfg.known
             rows[split].append(
                 {
@@ -292,10 +294,12 @@ def pool_counts(pool: datasets.DatasetDict) -> list[dict]:
 
 
 def image_search_recall(ds: datasets.Dataset, engine, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    """Recall@k of an image engine on the rows' query images: a hit is right when its url names the entity.
+    """Recall@k of an image engine on the query images of *every* row of ``ds``: a hit is right when
+    its url names the row's entity.
 
     ``engine`` is anything with ``search_image(image, k=...) -> list[hit]`` whose hits carry ``url``
-    (``World.url`` addresses). Only rows whose template has a visual view are scored.
+    (``World.url`` addresses). Select the rows first (``recall_by_view`` scores the visual-knowledge
+    templates); text-only rows would count as queries too.
     """
     hits_at = {k: 0 for k in ks}
     n = 0
@@ -306,3 +310,42 @@ def image_search_recall(ds: datasets.Dataset, engine, ks: tuple[int, ...] = (1, 
         for k in ks:
             hits_at[k] += row["entity_id"] in ents[:k]
     return {f"recall@{k}": hits_at[k] / max(n, 1) for k in ks} | {"n": n}
+
+
+def recall_by_view(ds: datasets.Dataset, engine, ks: tuple[int, ...] = (1, 5)) -> dict[str, dict]:
+    """``image_search_recall`` on the visual-knowledge rows ("which country is this?"), overall
+    ("all") and per view ("flag", "outline"; a view with no rows is left out)."""
+    views = {TEMPLATES[t][1]: t for t in TEMPLATES if TEMPLATES[t][0] == "visual_knowledge"}
+    visual = ds.filter(lambda t: t in views.values(), input_columns="template")
+    out = {"all": image_search_recall(visual, engine, ks)}
+    for view, template in views.items():
+        sub = visual.filter(lambda t, tt=template: t == tt, input_columns="template")
+        if len(sub):
+            out[view] = image_search_recall(sub, engine, ks)
+    return out
+
+
+def pool_entities(pool: datasets.DatasetDict | dict) -> set[str]:
+    """Entity ids used by any split of a pool."""
+    return {e for ds in pool.values() for e in ds["entity_id"]}
+
+
+def query_image_engine(
+    world: World, *, entity_ids: Iterable[str] | None = None, index_dir: str | Path | None = None
+):
+    """A local image engine (``mmsearch_r1.tools``) over the world's gallery, for recall checks.
+
+    Without ``entity_ids``: the shared index from ``tools.engines.world_indexes()`` (built once,
+    rebuilt there when its feature version is stale). With ``entity_ids``: a small gallery of those
+    entities only, embedded into ``index_dir`` (required then), e.g. for smoke runs.
+    """
+    from mmsearch_r1.tools.engines import world_indexes
+    from mmsearch_r1.tools.local import LocalImageEngine, build_image_index
+
+    if entity_ids is None:
+        return LocalImageEngine.load(world_indexes() / "image")
+    if index_dir is None:
+        raise ValueError("query_image_engine(entity_ids=...) needs index_dir= for the small gallery index")
+    keep = set(entity_ids)
+    gallery = [g for g in world.search_gallery() if World.entity_of_url(g["url"]) in keep]
+    return LocalImageEngine.load(build_image_index(gallery, index_dir, show_progress=False))
