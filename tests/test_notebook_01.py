@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("papermill")
 
 
-@pytest.mark.slow  # about 40 s on 2 shared cores (papermill kernel, smoke image index)
+# About 40 s on 2 cores (papermill kernel, smoke image index); in the default suite: the issue asks for it.
 def test_notebook_01_smoke(tmp_path):
     from mmsearch_r1.notebook_utils import run_notebook
 
