@@ -8,7 +8,6 @@ from pathlib import Path
 from mmsearch_r1.data import load_fvqa_parquet, read_extra_info
 
 ROOT = Path(__file__).resolve().parents[1]
-import papermill  # noqa: E402,F401  (a dependency: its absence must fail, not skip)
 
 
 # About 40 s on 2 cores (papermill kernel, smoke image index); in the default suite: the issue asks for it.
