@@ -231,7 +231,9 @@ def test_tool_calls_reach_metrics_samples_and_rollout_images(tmp_path):
     ]
     model, processor = build_tiny_policy(seed=0)
     _overfit(model, processor, [msgs])
-    cfg = _tiny(tmp_path, max_steps=1, prompts_per_step=1, temperature=0.3, max_completion_length=400, save_steps=10)
+    cfg = _tiny(
+        tmp_path, max_steps=1, prompts_per_step=1, temperature=0.3, max_completion_length=400, save_steps=10
+    )
     result = train(cfg, policy=Policy(model, processor, "tiny", "tiny"), rows=rows, engines=engines)
     (m,) = result.metrics
     assert m["image_calls"] > 0 and m["search_ratio"] > 0 and m["tool_call_frequency"] > 0
@@ -269,3 +271,14 @@ def test_shipped_config_files_load():
     for path in files:
         cfg = load_config(path)
         assert cfg.preset in PRESETS and cfg.scale_rewards == "group"
+
+
+def test_demo_stage_runs_the_cpu_demo_preset(tmp_path, capsys):
+    from mmsearch_r1.train import demo_stage
+
+    small = dict(model="tiny", dataset="synthetic", engine="synthetic", output_dir=str(tmp_path / "demo"),
+                 max_steps=1, num_generations=2, gradient_accumulation_steps=1, max_completion_length=32,
+                 save_final=False)  # fmt: skip
+    (result,) = demo_stage(**small)
+    assert result.config.preset == "cpu_demo" and result.config.penalty == 0.1
+    assert result.summary["steps"] == 1 and "[GRPO]" in capsys.readouterr().out
