@@ -282,3 +282,13 @@ def test_demo_stage_runs_the_cpu_demo_preset(tmp_path, capsys):
     (result,) = demo_stage(**small)
     assert result.config.preset == "cpu_demo" and result.config.penalty == 0.1
     assert result.summary["steps"] == 1 and "[GRPO]" in capsys.readouterr().out
+
+
+def test_resume_refuses_a_run_with_other_settings(tmp_path):
+    from mmsearch_r1.train import train
+
+    old = _tiny(tmp_path)
+    (old.run_dir / "checkpoint-1").mkdir(parents=True)
+    (old.run_dir / "config.json").write_text(json.dumps(old.to_dict()))
+    with pytest.raises(ValueError, match="penalty: 0.1 -> 0.0"):
+        train(old.replace(penalty=0.0))

@@ -119,6 +119,26 @@ def find_resume_checkpoint(cfg: TrainConfig) -> str | None:
     return get_last_checkpoint(str(cfg.run_dir))
 
 
+RESUMABLE_CHANGES = {"max_steps", "save_steps", "save_total_limit", "resume", "log_samples", "save_final", "name",
+                     "output_dir"}  # fmt: skip
+"""Fields a resumed run may change; any other difference from the checkpointed run is an error."""
+
+
+def check_resume_compatible(cfg: TrainConfig) -> None:
+    """Refuse to resume a run folder whose recorded config differs in a training setting."""
+    path = cfg.run_dir / "config.json"
+    if not path.is_file():
+        return
+    old, new = json.loads(path.read_text()), cfg.to_dict()
+    diff = {k: (old.get(k), v) for k, v in new.items() if k not in RESUMABLE_CHANGES and old.get(k) != v}
+    if diff:
+        text = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        raise ValueError(
+            f"{cfg.run_dir} holds a run with other settings ({text}); resuming would mix them. "
+            "Use another name/output_dir, or resume=never to start over."
+        )
+
+
 def _clear_checkpoints(run_dir: Path) -> None:
     for ckpt in run_dir.glob("checkpoint-*"):
         if ckpt.is_dir():
@@ -264,6 +284,8 @@ def train(
 
     cfg = coerce_config(config, **changes)
     resume_from = find_resume_checkpoint(cfg)
+    if resume_from:
+        check_resume_compatible(cfg)
     if _is_main():
         if cfg.resume == "never" and cfg.run_dir.is_dir():
             _clear_checkpoints(cfg.run_dir)
