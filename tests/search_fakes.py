@@ -1,4 +1,5 @@
-"""Test doubles: tiny in-memory search engines implementing `mmsearch_r1.tools.types` protocols."""
+"""Shared test data: tiny in-memory search engines (`mmsearch_r1.tools.types` protocols), a dataset row
+whose answer the fake engines find, and the protocol's text fragments for fuzz tests."""
 
 from __future__ import annotations
 
@@ -7,6 +8,44 @@ from PIL import Image
 from mmsearch_r1.tools.types import ImageHit, SearchError, TextHit
 
 THUMBNAILS = [Image.new("RGB", (56, 56), (250, 0, 0)), Image.new("RGB", (56, 56), (0, 0, 250))]
+
+ROW = {
+    "data_id": "q0",
+    "image": Image.new("RGB", (112, 112), (200, 30, 30)),
+    "question": "What is the capital of this country?",
+    "answer": "Rubytown",
+    "aliases": ["Ruby Town"],
+    "category": "search_required",
+    "kind": "textual",
+    "source": "test",
+}
+"""A dataset row (the project's row schema) whose answer `FakeTextEngine` returns."""
+
+PROTOCOL_FRAGMENTS = [
+    "<reason>",
+    "</reason>",
+    "<answer>",
+    "</answer>",
+    "<search>",
+    "</search>",
+    "<img>",
+    "<search><img></search>",
+    "<text_search>",
+    "</text_search>",
+    "<information>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "a",
+    "b c",
+    "Paris",
+    " ",
+    "\n",
+    "<",
+    ">",
+    "/",
+    "é",
+]
+"""Tags, end-of-turn tokens and filler that fuzz tests of the parsers join into turns."""
 
 
 class FakeImageEngine:
@@ -53,4 +92,4 @@ class FakeTextEngine:
         return self.search_text(query, k=k)
 
 
-__all__ = ["FakeImageEngine", "FakeTextEngine", "SearchError", "THUMBNAILS"]
+__all__ = ["PROTOCOL_FRAGMENTS", "ROW", "THUMBNAILS", "FakeImageEngine", "FakeTextEngine", "SearchError"]

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from search_fakes import PROTOCOL_FRAGMENTS
 from trl.chat_template_utils import (
     get_training_chat_template,
     is_chat_template_prefix_preserving,
@@ -195,6 +196,16 @@ def test_native_protocol_option_parses_json_tool_calls():
     assert parsed["tool_calls"][0]["function"] == {"name": "search", "arguments": {}}
 
 
+def test_native_protocol_fires_one_tool_call_per_turn_the_one_ending_it():
+    """SearchEnv counts turns by calls, so a native turn may not hold two calls (TRL would run both)."""
+    proc = build_processor(build_tiny_tokenizer(), protocol="native")
+    first = '<tool_call>\n{"name": "search", "arguments": {}}\n</tool_call>'
+    second = '<tool_call>\n{"name": "text_search", "arguments": {"text": "q"}}\n</tool_call>'
+    parsed = parse_assistant_text(proc, f"{first}\n{second}<|im_end|>")
+    assert [c["function"]["name"] for c in parsed["tool_calls"]] == [TEXT_TOOL]
+    assert "tool_calls" not in parse_assistant_text(proc, f"{first} and then more<|im_end|>")
+
+
 # -- parsing -------------------------------------------------------------------------------------------
 
 
@@ -244,28 +255,7 @@ def test_round_trip_render_of_parse(processor, tokenizer, text):
     assert rendered.endswith(f"<|im_start|>assistant\n{text}<|im_end|>")
 
 
-FRAGMENTS = [
-    "<reason>",
-    "</reason>",
-    "<answer>",
-    "</answer>",
-    "<search>",
-    "</search>",
-    "<img>",
-    "<search><img></search>",
-    "<text_search>",
-    "</text_search>",
-    "<information>",
-    "a",
-    "b c",
-    " ",
-    "\n",
-    "<",
-    ">",
-    "/",
-    "é",
-    "<|endoftext|>",
-]
+FRAGMENTS = [f for f in PROTOCOL_FRAGMENTS if f != "<|im_end|>"]  # the end token is drawn separately
 
 
 @settings(max_examples=300, deadline=None)

@@ -5,25 +5,15 @@ from __future__ import annotations
 import inspect
 
 import pytest
-from PIL import Image
-from search_fakes import THUMBNAILS, FakeImageEngine, FakeTextEngine
+from search_fakes import ROW, THUMBNAILS, FakeImageEngine, FakeTextEngine
 from transformers.utils import get_json_schema
 
 from mmsearch_r1.env import EnvConfig, SearchEnv, make_env_factory
+from mmsearch_r1.processor import ImageSizes
 from mmsearch_r1.protocol import Budgets
 from mmsearch_r1.tools.types import Engines, SearchError
 
-IMAGE = Image.new("RGB", (112, 112), (200, 30, 30))
-ROW = {
-    "data_id": "q0",
-    "image": IMAGE,
-    "question": "What is the capital of this country?",
-    "answer": "Rubytown",
-    "aliases": ["Ruby Town"],
-    "category": "search_required",
-    "kind": "textual",
-    "source": "test",
-}
+IMAGE = ROW["image"]
 
 
 def make_env(image_fail=None, text_fail=None, **config):
@@ -54,7 +44,7 @@ def test_tools_trl_sees_are_exactly_search_and_text_search():
 
 
 def test_image_search_returns_thumbnails_and_titles_on_the_question_image():
-    env = make_env(thumbnail_max_pixels=28 * 28 * 4)
+    env = make_env(sizes=ImageSizes(28 * 28 * 4, 28 * 28 * 16, thumbnail_max_pixels=28 * 28 * 4))
     blocks = env.search()
     assert env.engines.image.images == [IMAGE]
     images = [b["image"] for b in blocks if b["type"] == "image"]
@@ -82,9 +72,43 @@ def test_text_search_counts_queries_and_collapses_whitespace():
 
 
 def test_thumbnails_are_shrunk_to_the_cap():
-    env = make_env(thumbnail_max_pixels=28 * 28)
+    env = make_env(sizes=ImageSizes(28 * 28, 28 * 28 * 16, thumbnail_max_pixels=28 * 28))
     images = [b["image"] for b in env.search() if b["type"] == "image"]
     assert all(img.size == (28, 28) for img in images)
+
+
+def test_thumbnail_cap_comes_from_the_policy_processor():
+    """One source of truth: the processor's ImageSizes (as the demo policy's DEMO_SIZES) reach the env."""
+    from mmsearch_r1.processor import build_processor, image_sizes_of
+    from mmsearch_r1.tiny import build_tiny_tokenizer
+
+    sizes = ImageSizes(28 * 28, 28 * 28 * 16, thumbnail_max_pixels=28 * 28)
+    processor = build_processor(build_tiny_tokenizer(), sizes)
+    assert image_sizes_of(processor) == sizes
+    env = make_env(sizes=image_sizes_of(processor))
+    assert {b["image"].size for b in env.search() if b["type"] == "image"} == {(28, 28)}
+    default = make_env()  # no sizes: ImageSizes() (56x56 thumbnails fit its 16-token cap unchanged)
+    assert {b["image"].size for b in default.search() if b["type"] == "image"} == {(56, 56)}
+    with pytest.raises(TypeError, match="image_sizes_of"):
+        EnvConfig(sizes=28 * 28)
+
+
+def test_one_native_turn_with_two_tool_calls_runs_one_search_and_counts_one_turn():
+    """TRL runs every parsed call of a turn; the native parser yields only the call that ends the turn."""
+    from mmsearch_r1.chat_template import install_protocol, parse_assistant_text
+    from mmsearch_r1.tiny import build_tiny_tokenizer
+
+    tokenizer = install_protocol(build_tiny_tokenizer(), "native")
+    turn = (
+        '<tool_call>\n{"name": "search", "arguments": {}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "text_search", "arguments": {"text": "Redland capital"}}\n</tool_call><|im_end|>'
+    )
+    env = make_env(grammar="flexible")
+    for call in parse_assistant_text(tokenizer, turn)["tool_calls"]:  # as TRL's _tool_call_loop does
+        getattr(env, call["function"]["name"])(**call["function"]["arguments"])
+    assert env.kinds == ["text_search"] and env.counters["searches"] == 1
+    # the next turn is the second of three: a search is still allowed
+    assert isinstance(env.text_search("Redland"), str) and env.refused == 0
 
 
 @pytest.mark.parametrize(

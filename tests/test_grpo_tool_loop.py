@@ -1,6 +1,6 @@
 """GRPO through TRL's own tool loop with the tag protocol, SearchEnv and the mmsearch reward (tiny policy).
 
-The tiny policy is first overfit (plain torch, a few seconds) on two scripted trajectories rendered by
+The tiny policy is first overfit (`mmsearch_r1.tiny.overfit`, a few seconds) on two scripted trajectories rendered by
 the chat template with SearchEnv's real observations: question A -> image search -> text search ->
 answer, and question B -> text search -> answer. Then two GRPO steps run (one per question, in order):
 step 1 exercises image results (thumbnails), step 2 a first tool round with no image at all (the
@@ -16,35 +16,26 @@ import pytest
 import torch
 from datasets import Dataset
 from PIL import Image
-from search_fakes import THUMBNAILS, FakeImageEngine, FakeTextEngine
+from search_fakes import ROW, THUMBNAILS, FakeImageEngine, FakeTextEngine
 
 from mmsearch_r1 import prompts
-from mmsearch_r1.chat_template import assistant_token_mask
 from mmsearch_r1.env import SearchEnv, make_env_factory
-from mmsearch_r1.processor import fit_image
+from mmsearch_r1.processor import fit_image, image_sizes_of
 from mmsearch_r1.protocol import render_turn
-from mmsearch_r1.tiny import build_tiny_policy, vision_token_ids
+from mmsearch_r1.tiny import build_tiny_policy, overfit, vision_token_ids
 from mmsearch_r1.tools.types import Engines
 from mmsearch_r1.trl_rewards import make_reward_func
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
-ROW_A = {
-    "data_id": "a",
-    "image": Image.new("RGB", (112, 112), (200, 30, 30)),
-    "question": "What is the capital of this country?",
-    "answer": "Rubytown",
-    "aliases": ["Ruby Town"],
-    "category": "search_required",
-    "kind": "textual",
-    "source": "test",
-}
+ROW_A = {**ROW, "data_id": "a"}
 ROW_B = {
     **ROW_A,
     "data_id": "b",
     "image": Image.new("RGB", (112, 112), (30, 200, 30)),
     "question": "Name the capital of Redland.",
 }
+OVERFIT_STEPS, OVERFIT_LOSS = 120, 0.05  # stops early (about 40 steps) once both losses are below 0.05
 USER_TURN_RE = re.compile(r"<\|im_start\|>user\n.*<\|im_end\|>\n<\|im_start\|>assistant\n", re.DOTALL)
 
 
@@ -78,24 +69,6 @@ def scripted(row, plan):
     return msgs
 
 
-def overfit(model, processor, conversations, steps=120):
-    batches = []
-    for msgs in conversations:
-        enc = processor.apply_chat_template(msgs, tokenize=True, return_dict=True, return_tensors="pt")
-        mask = torch.tensor([assistant_token_mask(enc["input_ids"][0], processor)])
-        batches.append((enc, enc["input_ids"].masked_fill(mask == 0, -100)))
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for step in range(steps):
-        enc, labels = batches[step % len(batches)]
-        loss = model(**enc, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
-    return loss.item()
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """Overfit, then run two GRPO steps and record what TRL did."""
@@ -110,7 +83,8 @@ def run(tmp_path_factory):
         ("answer", "The page says Rubytown.", "Rubytown"),
     ]
     plan_b = [("text_search", "I need the capital.", "Redland capital"), ("answer", "Found it.", "Rubytown")]
-    final_loss = overfit(model, processor, [scripted(ROW_A, plan_a), scripted(ROW_B, plan_b)])
+    conversations = [scripted(ROW_A, plan_a), scripted(ROW_B, plan_b)]
+    final_loss = overfit(model, processor, conversations, steps=OVERFIT_STEPS, stop_below=OVERFIT_LOSS)
 
     vision_calls = []
 
@@ -150,7 +124,7 @@ def run(tmp_path_factory):
         args=args,
         train_dataset=dataset,
         processing_class=processor,
-        environment_factory=make_env_factory(engines()),
+        environment_factory=make_env_factory(engines(), sizes=image_sizes_of(processor)),
     )
     steps = []
     generate_and_score = trainer._generate_and_score_completions
@@ -226,7 +200,8 @@ def test_policy_calls_both_tools_and_tool_tokens_are_masked(run):
 
 def test_thumbnails_reach_the_vision_tower_in_generation_and_training(run):
     processor = run["processor"]
-    thumbs = [fit_image(t, 28 * 28 * 16, 28 * 28) for t in THUMBNAILS]
+    sizes = image_sizes_of(processor)
+    thumbs = [fit_image(t, sizes.thumbnail_max_pixels, sizes.min_pixels) for t in THUMBNAILS]
     thumb_pixels = processor.image_processor(images=thumbs)["pixel_values"]
     n_step1 = run["steps"][0]["vision_calls"]
     step1 = run["vision"][:n_step1]

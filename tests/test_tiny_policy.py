@@ -6,14 +6,22 @@ import json
 
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from PIL import Image
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 from mmsearch_r1.chat_template import TAG_CHAT_TEMPLATE, check_tag_protocol
 from mmsearch_r1.processor import (
+    MAX_ASPECT,
     ImageSizes,
     NoVideoQwen2_5_VLProcessor,
     TensorQwen2VLImageProcessor,
+    build_processor,
     fit_image,
+    fit_size,
+    image_sizes_of,
+    load_processor,
 )
 from mmsearch_r1.tiny import build_tiny_policy, build_tiny_tokenizer, load_tiny_policy, vision_token_ids
 
@@ -105,12 +113,66 @@ def test_save_reload_exact_logits_and_name_or_path(saved):
     check_tag_protocol(processor2)
 
 
-@pytest.mark.parametrize("size", [(56, 56), (300, 120), (10, 400), (1000, 1000)])
-def test_fit_image_multiple_of_28_within_bounds(size):
-    out = fit_image(Image.new("RGB", size), max_pixels=28 * 28 * 16, min_pixels=28 * 28)
+BOUNDS = [
+    (28 * 28, 28 * 28 * 16),
+    (28 * 28 * 4, 28 * 28 * 4),
+    (28 * 28 * 4, 28 * 28 * 16),
+    (28 * 28, 28 * 28),
+]
+
+
+@pytest.mark.parametrize(("min_pixels", "max_pixels"), BOUNDS)
+@pytest.mark.parametrize(
+    "size", [(56, 56), (300, 120), (10, 400), (1000, 1000), (1000, 20), (20, 1000), (5000, 3), (1, 1)]
+)
+def test_fit_image_multiple_of_28_within_bounds_and_left_alone_by_the_processor(size, min_pixels, max_pixels):
+    out = fit_image(Image.new("RGBA", size), max_pixels=max_pixels, min_pixels=min_pixels)
     w, h = out.size
-    assert w % 28 == 0 and h % 28 == 0
-    assert 28 * 28 <= w * h <= 28 * 28 * 16
+    assert out.mode == "RGB" and w % 28 == 0 and h % 28 == 0
+    assert min_pixels <= w * h <= max_pixels  # smart_resize alone gives 784x28 for 1000x20 under 16 tokens
+    assert max(w, h) / min(w, h) <= MAX_ASPECT
+    assert smart_resize(h, w, factor=28, min_pixels=min_pixels, max_pixels=max_pixels) == (h, w)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    w=st.integers(1, 3000),
+    h=st.integers(1, 3000),
+    bounds=st.sampled_from(BOUNDS + [(28 * 28 * 4, 28 * 28 * 256)]),
+)
+def test_fit_size_property(w, h, bounds):
+    assume(max(w, h) <= MAX_ASPECT * min(w, h))  # fit_image pads more elongated images first
+    min_pixels, max_pixels = bounds
+    ow, oh = fit_size(w, h, max_pixels=max_pixels, min_pixels=min_pixels)
+    assert ow % 28 == 0 and oh % 28 == 0 and min_pixels <= ow * oh <= max_pixels
+    assert smart_resize(oh, ow, factor=28, min_pixels=min_pixels, max_pixels=max_pixels) == (oh, ow)
+
+
+def test_very_elongated_thumbnail_is_padded_and_processed(saved):
+    """Aspect > 200 made the processor raise inside TRL's tool loop; fit_image pads the short side."""
+    _, _, processor = saved
+    sizes = image_sizes_of(processor)
+    strip = Image.new("RGB", (6000, 10), (255, 0, 0))
+    out = fit_image(strip, sizes.thumbnail_max_pixels, sizes.min_pixels)
+    assert out.getpixel((out.width // 2, out.height // 2)) != (0, 0, 0)  # content kept, centred
+    assert out.getpixel((out.width // 2, 0)) == (0, 0, 0)  # padding
+    with pytest.raises(ValueError, match="aspect ratio"):
+        processor.image_processor(images=[strip])
+    grid = processor.image_processor(images=[out])["image_grid_thw"].tolist()
+    assert grid == [[1, out.height // 14, out.width // 14]]
+
+
+def test_image_sizes_are_stored_on_the_processor_and_survive_save_load(tmp_path):
+    sizes = ImageSizes(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16, thumbnail_max_pixels=28 * 28 * 4)
+    processor = build_processor(build_tiny_tokenizer(), sizes)
+    assert image_sizes_of(processor) == sizes
+    processor.save_pretrained(tmp_path)
+    assert image_sizes_of(load_processor(tmp_path)) == sizes
+    other = ImageSizes(min_pixels=28 * 28, max_pixels=28 * 28 * 64, thumbnail_max_pixels=28 * 28 * 2)
+    assert image_sizes_of(load_processor(tmp_path, other)) == other
+    bare = load_processor(tmp_path)
+    delattr(bare.image_processor, "thumbnail_max_pixels")  # a hub checkpoint stores no cap
+    assert image_sizes_of(bare) == ImageSizes(28 * 28 * 4, 28 * 28 * 16, thumbnail_max_pixels=28 * 28 * 16)
 
 
 def test_image_sizes_reject_inconsistent_bounds():

@@ -76,6 +76,39 @@ def test_penalty_counts_searches_that_ran_not_the_text(tokenizer):
     assert from_text(**kwargs) == [pytest.approx(1.0)]
 
 
+def test_refused_calls_are_not_searches_and_text_counts_without_env(tokenizer):
+    """The penalty counts executed searches (env): a refused call is not one; no env: the text's turns."""
+    text = f"{IMG}<|im_end|>{USER}{ANS}<|im_end|>"
+    kwargs = dict(prompts=[None], completions=[[]], completion_ids=[ids_of(tokenizer, text)])
+    kwargs |= dict(answer=["Rubytown"], aliases=[[]])
+    reward = make_reward_func(tokenizer, RewardConfig(penalty_mode="per_call"))
+    assert reward(**kwargs, environments=[FakeEnv(refused=1)]) == [pytest.approx(1.0)]
+    assert reward.last_parts[0]["image_calls"] == 0 and reward.last_parts[0]["tool_refused"] == 1
+    assert reward(**kwargs, environments=[FakeEnv(image_calls=1, failures=1)]) == [pytest.approx(0.91)]
+    assert reward(**kwargs) == [pytest.approx(0.91)]  # no environment: the image-search turn counts
+    assert reward.last_parts[0]["image_calls"] == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("penalty_mode", "twice", "penalty_mode"),
+        ("grammar", "loose", "grammar"),
+        ("match", "fuzzy", "match"),
+        ("penalty", 1.5, "penalty"),
+        ("penalty", -0.1, "penalty"),
+        ("format_weight", 2.0, "format_weight"),
+        ("format_weight", "0.1", "format_weight"),
+        ("tool_costs", {"video_search": 1.0}, "tool_costs"),
+        ("tool_costs", {"image_search": 20.0}, "tool_costs"),
+        ("turns_from", "tokens", "turns_from"),
+    ],
+)
+def test_reward_config_rejects_bad_values_naming_the_field(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        RewardConfig(**{field: value})
+
+
 def test_aliases_count_as_gold(tokenizer):
     text = render_turn("answer", "r", answer="ruby town") + "<|im_end|>"
     out = make_reward_func(tokenizer)(

@@ -17,8 +17,8 @@ What it does:
   TRL swallows every parser ``ValueError``/``TypeError`` as "no tool call" (Trap 3), so a broken
   parser would otherwise train silently with zero searches.
 - `install_native_protocol(processor)`: the secondary protocol, JSON tool calls
-  (``<tool_call>{json}</tool_call>``, Qwen3-VL style) with TRL's shipped ``qwen3_vl.jinja``, which TRL
-  recognises and parses itself.
+  (``<tool_call>{json}</tool_call>``, Qwen3-VL style) with TRL's shipped ``qwen3_vl.jinja`` and TRL's
+  ``qwen3_template`` parser restricted to one tool call per turn (`native_response_template`).
 
 Tool names (decision). A declarative template builds a tool name or argument key only from text the
 model wrote or from literals in its single transform, so the tag protocol's tools are named after their
@@ -32,6 +32,7 @@ What it does not: no prompt wording (`mmsearch_r1.prompts`), no grammar or rewar
 
 from __future__ import annotations
 
+import copy
 from importlib import resources
 from pathlib import Path
 
@@ -86,7 +87,27 @@ TAG_RESPONSE_TEMPLATE: dict = {
         "content": {"close_pattern": _END_OF_TURN + r"\s*", "content": "text"},
     },
 }
-"""The declarative ``response_template`` of the tag protocol (no ``join``: it needs transformers >= 5.16)."""
+"""The declarative ``response_template`` of the tag protocol. It uses no ``join`` key: transformers 5.17's
+``load_response_template`` rejects it (``check_protocol`` verifies that the installed version loads this)."""
+
+
+def native_response_template() -> dict:
+    """TRL's ``qwen3_template`` (JSON ``<tool_call>`` blocks) restricted to ONE tool call per turn.
+
+    Only a ``<tool_call>`` block that ends the turn fires (the tag protocol's trigger rule); an earlier
+    block in the same turn stays plain content. `SearchEnv` counts turns by tool calls (TRL gives a tool
+    no turn boundary), so two calls in one turn would otherwise count as two turns.
+    """
+    from trl.chat_template_utils import qwen3_template
+
+    template = copy.deepcopy(qwen3_template)
+    tool_calls = template["fields"]["tool_calls"]
+    tool_calls.pop("open", None)
+    tool_calls["open_pattern"] = (
+        r"<tool_call>(?=(?:(?!<tool_call>)[\s\S])*</tool_call>\s*" + _END_OF_TURN + ")"
+    )
+    return template
+
 
 PROTOCOLS = ("tags", "native")
 """Protocols `install_protocol` knows: the paper's tags (default) and native JSON tool calls."""
@@ -131,17 +152,15 @@ def install_native_protocol(processing_class):
     """Install the native JSON tool-call protocol (TRL's shipped ``qwen3_vl.jinja``) in place and return it.
 
     The model then calls tools as ``<tool_call>{"name": "search", "arguments": {}}</tool_call>``; results come
-    back as ``<tool_response>`` blocks in a user turn. TRL recognises the template by identity and parses it
-    with its own ``qwen3_template``; we set that response template explicitly so that parsing also works
-    outside the trainer (evaluation rollouts).
+    back as ``<tool_response>`` blocks in a user turn. The response template is `native_response_template`
+    (TRL's ``qwen3_template`` with one tool call per turn), set on the tokenizer so that TRL and the
+    evaluation rollout parse alike.
     """
-    from trl.chat_template_utils import qwen3_template
-
     template = _trl_chat_template("qwen3_vl")
     processing_class.chat_template = template
     tokenizer = _tokenizer_of(processing_class)
     tokenizer.chat_template = template
-    tokenizer.response_template = dict(qwen3_template)
+    tokenizer.response_template = native_response_template()
     return processing_class
 
 
@@ -275,6 +294,12 @@ def check_protocol(processing_class, protocol: str = "tags") -> None:
                 {TEXT_ARG: "q"},
             ),
             "<answer>Paris</answer><|im_end|>": None,
+            # one call per turn: only the block that ends the turn fires
+            '<tool_call>\n{"name": "search", "arguments": {}}\n</tool_call>\n'
+            '<tool_call>\n{"name": "text_search", "arguments": {"text": "q"}}\n</tool_call><|im_end|>': (
+                TEXT_TOOL,
+                {TEXT_ARG: "q"},
+            ),
         }
     for text, expected in cases.items():
         parsed = parse_assistant_text(processing_class, text)

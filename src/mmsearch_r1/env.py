@@ -9,10 +9,14 @@ protocol (`mmsearch_r1.chat_template`): ``search()`` runs an image search on the
   in the first turn, one text search); a refused call returns an error observation;
 - runs the configured engine (`mmsearch_r1.tools.types` protocols); an engine failure of any kind
   becomes an error observation too: a tool here never raises, so TRL never counts a crash;
-- returns the observation built by `mmsearch_r1.prompts` (thumbnails as real image blocks, shrunk with
-  `fit_image`; the original question and the next allowed actions after ``</information>``), with any
-  chat special token (``<|...|>``) removed from engine text so a web page cannot forge a turn boundary;
+- returns the observation built by `mmsearch_r1.prompts` (thumbnails as real image blocks, fitted with
+  `fit_image` to the policy's `ImageSizes`, ``EnvConfig.sizes``; the original question and the next
+  allowed actions after ``</information>``), with any chat special token (``<|...|>``) removed from
+  engine text so a web page cannot forge a turn boundary;
 - is counted: executed searches by type, engine failures, refusals, queries, and a call log.
+Turns are counted as tool calls: TRL gives a tool no turn boundary, so the parsers of both protocols
+(`mmsearch_r1.chat_template`) fire at most one tool call per assistant turn, the one that ends it; a
+second call written in the same turn is never executed.
 The counters are read by the reward functions (`mmsearch_r1.trl_rewards`) through TRL's
 ``environments`` argument; the same class serves the evaluation rollout.
 
@@ -31,7 +35,7 @@ from typing import Any
 from PIL import Image
 
 from mmsearch_r1 import prompts
-from mmsearch_r1.processor import fit_image
+from mmsearch_r1.processor import ImageSizes, fit_image
 from mmsearch_r1.protocol import STRICT_SEQUENCES, Budgets
 from mmsearch_r1.tools.types import Engines, ImageHit, TextHit
 
@@ -54,16 +58,20 @@ class EnvConfig:
     """Image-search hits shown to the policy (paper: 5)."""
     text_k: int = 5
     """Text-search pages shown to the policy (paper: 5)."""
-    thumbnail_max_pixels: int = 28 * 28 * 16
-    """Thumbnails are shrunk to at most this many pixels (16 image tokens) before the processor sees them."""
-    thumbnail_min_pixels: int = 28 * 28
-    """Thumbnails are enlarged to at least this many pixels (keep <= the processor's min_pixels)."""
+    sizes: ImageSizes = field(default_factory=ImageSizes)
+    """The policy's image budgets: thumbnails are fitted to [min_pixels, thumbnail_max_pixels] before the
+    processor sees them. Pass the policy's own: ``sizes=image_sizes_of(processor)`` (one source of truth)."""
     max_query_chars: int = 300
     """Longer text-search queries are refused (a runaway generation is not a query)."""
 
     def __post_init__(self):
         if self.grammar not in ("strict", "flexible"):
             raise ValueError(f"EnvConfig.grammar must be 'strict' or 'flexible', got {self.grammar!r}.")
+        if not isinstance(self.sizes, ImageSizes):
+            raise TypeError(
+                f"EnvConfig.sizes must be an ImageSizes, got {type(self.sizes).__name__}; pass "
+                "image_sizes_of(processor)."
+            )
 
 
 def _clean(text: str) -> str:
@@ -206,7 +214,7 @@ class SearchEnv:
                 thumbnail=None
                 if h.thumbnail is None
                 else fit_image(
-                    h.thumbnail, self.config.thumbnail_max_pixels, self.config.thumbnail_min_pixels
+                    h.thumbnail, self.config.sizes.thumbnail_max_pixels, self.config.sizes.min_pixels
                 ),
                 snippet=h.snippet,
                 score=h.score,
@@ -265,16 +273,22 @@ def make_env_factory(
     budgets: Budgets | None = None,
     *,
     config: EnvConfig | None = None,
+    sizes: ImageSizes | None = None,
     **overrides,
 ) -> Callable[[], SearchEnv]:
     """A zero-argument callable for ``GRPOTrainer(environment_factory=...)`` building `SearchEnv` instances.
 
-    ``budgets`` and keyword ``overrides`` (any `EnvConfig` field) replace those of ``config``.
+    ``budgets``, ``sizes`` and keyword ``overrides`` (any `EnvConfig` field) replace those of ``config``.
+    Pass the policy's image budgets so thumbnails get its cap::
+
+        make_env_factory(engines, budgets, sizes=image_sizes_of(policy.processor), grammar=...)
     """
     config = config or EnvConfig()
     changes = dict(overrides)
     if budgets is not None:
         changes["budgets"] = budgets
+    if sizes is not None:
+        changes["sizes"] = sizes
     if changes:
         unknown = set(changes) - set(EnvConfig.__dataclass_fields__)
         if unknown:

@@ -11,7 +11,12 @@ What it does:
     subclass returns torch tensors, as the torchvision backend does.
 - `ImageSizes`: the pixel bounds of question images (the processor's ``min_pixels``/``max_pixels``) and the
   cap for search thumbnails, applied by `fit_image` before a thumbnail reaches the processor, so that
-  thumbnails cost few tokens (Qwen2.5-VL spends one token per 28x28 area).
+  thumbnails cost few tokens (Qwen2.5-VL spends one token per 28x28 area). The processor is the one
+  source of truth: `build_processor`/`load_processor` store the thumbnail cap on its image processor
+  (saved in ``preprocessor_config.json``), `image_sizes_of(processor)` reads all three bounds back, and
+  the search environment takes them (``make_env_factory(..., sizes=image_sizes_of(processor))``).
+- `fit_image`: transformers' own ``smart_resize`` plus what it lacks for thumbnails (padding of
+  elongated images to an aspect ratio the cap and the processor accept, a hard clamp to the bounds).
 - The tag protocol (or the native one) is installed on every processor built or loaded here.
 
 What it does not: no tokenizer building (`mmsearch_r1.tiny`), no model loading (the policy module).
@@ -28,7 +33,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 from transformers import Qwen2_5_VLProcessor
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
 
 from mmsearch_r1.chat_template import install_protocol
 
@@ -36,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 PATCH = 28
 """Pixels per side of one Qwen2.5-VL image token (14-pixel patches merged 2x2)."""
+MAX_ASPECT = 200
+"""Qwen2.5-VL's processor raises on images more elongated than this (long side / short side)."""
 
 
 @dataclass
@@ -47,14 +54,53 @@ class ImageSizes:
     max_pixels: int = PATCH * PATCH * 256
     """Upper bound for question images (Qwen2.5-VL's default is 28*28*1280; lower it to save tokens)."""
     thumbnail_max_pixels: int = PATCH * PATCH * 16
-    """Cap for image-search thumbnails, applied by `fit_image` in the environment before processing."""
+    """Cap for image-search thumbnails, applied by `fit_image` in the environment before processing
+    (thumbnails are enlarged to ``min_pixels`` at least, as the processor would)."""
 
     def __post_init__(self):
-        if not 0 < self.min_pixels <= self.thumbnail_max_pixels <= self.max_pixels:
+        if not PATCH * PATCH <= self.thumbnail_max_pixels or not (
+            0 < self.min_pixels <= self.thumbnail_max_pixels <= self.max_pixels
+        ):
             raise ValueError(
-                f"ImageSizes needs 0 < min_pixels <= thumbnail_max_pixels <= max_pixels, got {self}; "
-                "lower min_pixels or raise the other bounds."
+                f"ImageSizes needs 0 < min_pixels <= thumbnail_max_pixels <= max_pixels and "
+                f"thumbnail_max_pixels >= 28*28, got {self}; lower min_pixels or raise the other bounds."
             )
+
+
+THUMBNAIL_ATTR = "thumbnail_max_pixels"
+"""Attribute of the image processor holding the thumbnail cap (saved in ``preprocessor_config.json``)."""
+
+
+def _set_sizes(processor, sizes: ImageSizes | None):
+    if sizes is not None:
+        setattr(processor.image_processor, THUMBNAIL_ATTR, sizes.thumbnail_max_pixels)
+    return processor
+
+
+def image_sizes_of(processor) -> ImageSizes:
+    """The `ImageSizes` a processor applies: its pixel bounds and the thumbnail cap stored with it.
+
+    Pass the result to the search environment (``make_env_factory(..., sizes=image_sizes_of(processor))``)
+    so that thumbnails are shrunk to the policy's cap. A processor without a stored cap (a hub
+    checkpoint) gets the `ImageSizes` default, clamped into its bounds.
+    """
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None:
+        raise TypeError(
+            f"image_sizes_of needs a processor with an image_processor, got {type(processor).__name__}."
+        )
+    size = getattr(image_processor, "size", None)
+
+    def bound(key: str, attr: str, fallback: int) -> int:
+        value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+        return value or getattr(image_processor, attr, None) or fallback
+
+    default = ImageSizes()
+    lo = bound("shortest_edge", "min_pixels", default.min_pixels)
+    hi = bound("longest_edge", "max_pixels", default.max_pixels)
+    thumb = getattr(image_processor, THUMBNAIL_ATTR, None) or default.thumbnail_max_pixels
+    thumb = min(max(thumb, lo, PATCH * PATCH), hi)
+    return ImageSizes(min_pixels=int(lo), max_pixels=int(hi), thumbnail_max_pixels=int(thumb))
 
 
 def has_torchvision() -> bool:
@@ -68,25 +114,70 @@ def has_torchvision() -> bool:
     return True
 
 
-def fit_image(image: Image.Image, max_pixels: int, min_pixels: int = PATCH * PATCH) -> Image.Image:
-    """Resize ``image`` (RGB) to a multiple of 28 per side with area within [min_pixels, max_pixels].
+def _pad_to_aspect(image: Image.Image, max_aspect: float) -> Image.Image:
+    """Pad the short side of ``image`` (black, centred) so that long / short <= ``max_aspect``."""
+    w, h = image.size
+    if max(w, h) <= max_aspect * min(w, h):
+        return image
+    if w > h:
+        size, offset = (w, math.ceil(w / max_aspect)), (0, (math.ceil(w / max_aspect) - h) // 2)
+    else:
+        size, offset = (math.ceil(h / max_aspect), h), ((math.ceil(h / max_aspect) - w) // 2, 0)
+    canvas = Image.new("RGB", size)
+    canvas.paste(image, offset)
+    return canvas
 
-    Keeps the aspect ratio (like Qwen2.5-VL's ``smart_resize``), so the processor will not resize it again
-    as long as its own bounds contain the result. Returns a new image; never upscales more than needed.
+
+def fit_size(width: int, height: int, max_pixels: int, min_pixels: int = PATCH * PATCH) -> tuple[int, int]:
+    """The ``(width, height)`` `fit_image` resizes to (before padding): multiples of 28, area in bounds.
+
+    transformers' ``smart_resize``, then, when its result is out of bounds, the token grid within the
+    bounds closest in aspect ratio: ``smart_resize`` keeps each side >= 28, so an elongated image can come
+    out above ``max_pixels`` (1000x20 -> 784x28 under a 16-token cap), and its rounding down can land
+    below ``min_pixels`` when the bounds are close. Raises on an aspect ratio above `MAX_ASPECT` (pad
+    first, as `fit_image` does).
     """
-    image = image.convert("RGB")
+    if not 0 < min_pixels <= max_pixels or max_pixels < PATCH * PATCH:
+        raise ValueError(
+            f"fit_size needs 28*28 <= max_pixels and 0 < min_pixels <= max_pixels, got min_pixels={min_pixels}, "
+            f"max_pixels={max_pixels}."
+        )
+    h, w = smart_resize(height, width, factor=PATCH, min_pixels=min_pixels, max_pixels=max_pixels)
+    if min_pixels <= h * w <= max_pixels:
+        return w, h
+    token = PATCH * PATCH
+    lo, hi = max(1, math.ceil(min_pixels / token)), max_pixels // token
+    aspect = width / height
+    best: tuple[float, int, int, int] | None = None  # (aspect error, -area, rows, columns)
+    for rows in range(1, hi + 1):
+        cmin, cmax = max(1, math.ceil(lo / rows)), hi // rows
+        if cmin > cmax:
+            continue
+        cols = min(max(round(rows * aspect), cmin), cmax)
+        key = (abs(math.log(cols / rows / aspect)), -rows * cols, rows, cols)
+        best = key if best is None or key < best else best
+    if best is None:  # no grid has an area within the bounds: stay under the cap
+        return PATCH, PATCH
+    return best[3] * PATCH, best[2] * PATCH
+
+
+def fit_image(image: Image.Image, max_pixels: int, min_pixels: int = PATCH * PATCH) -> Image.Image:
+    """Resize ``image`` (converted to RGB) to sides that are multiples of 28 and an area in [min_pixels, max_pixels].
+
+    Keeps the aspect ratio like Qwen2.5-VL's ``smart_resize`` (which it uses), so a processor whose own
+    bounds contain [min_pixels, max_pixels] will not resize the result again. Images more elongated than
+    the cap allows (a 1 x n token strip at most, and never beyond `MAX_ASPECT`) are first padded on
+    their short side, so the content is not squashed and the processor never sees a ratio it rejects.
+    Returns a new image.
+    """
     w, h = image.size
     if w <= 0 or h <= 0:
         raise ValueError(f"fit_image got an empty image of size {image.size}.")
-    hb, wb = max(PATCH, round(h / PATCH) * PATCH), max(PATCH, round(w / PATCH) * PATCH)
-    if hb * wb > max_pixels:
-        beta = math.sqrt(h * w / max_pixels)
-        hb = max(PATCH, math.floor(h / beta / PATCH) * PATCH)
-        wb = max(PATCH, math.floor(w / beta / PATCH) * PATCH)
-    elif hb * wb < min_pixels:
-        beta = math.sqrt(min_pixels / (h * w))
-        hb, wb = math.ceil(h * beta / PATCH) * PATCH, math.ceil(w * beta / PATCH) * PATCH
-    if (wb, hb) == (w, h):
+    image = image.convert("RGB")
+    # The most elongated grid within the cap is 1 x n tokens (n = max_pixels // 784); allow that ratio.
+    image = _pad_to_aspect(image, min(MAX_ASPECT, max(1, max_pixels // (PATCH * PATCH))))
+    wb, hb = fit_size(*image.size, max_pixels=max_pixels, min_pixels=min_pixels)
+    if (wb, hb) == image.size:
         return image.copy()
     return image.resize((wb, hb), Image.Resampling.BICUBIC)
 
@@ -133,13 +224,16 @@ class NoVideoQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
 
 
 def build_processor(tokenizer, sizes: ImageSizes | None = None, *, protocol: str = "tags"):
-    """A torchvision-free Qwen2.5-VL processor around ``tokenizer`` with ``sizes`` and ``protocol`` installed."""
+    """A torchvision-free Qwen2.5-VL processor around ``tokenizer`` with ``sizes`` and ``protocol`` installed.
+
+    The thumbnail cap of ``sizes`` is stored on the image processor (`image_sizes_of` reads it back).
+    """
     sizes = sizes or ImageSizes()
     image_processor = TensorQwen2VLImageProcessor(min_pixels=sizes.min_pixels, max_pixels=sizes.max_pixels)
     processor = NoVideoQwen2_5_VLProcessor(
         image_processor=image_processor, tokenizer=tokenizer, video_processor=None
     )
-    return install_protocol(processor, protocol)
+    return install_protocol(_set_sizes(processor, sizes), protocol)
 
 
 def load_processor(path_or_id: str | Path, sizes: ImageSizes | None = None, *, protocol: str = "tags"):
@@ -147,7 +241,8 @@ def load_processor(path_or_id: str | Path, sizes: ImageSizes | None = None, *, p
 
     With torchvision: ``AutoProcessor.from_pretrained`` (the real processor). Without: the tokenizer
     through ``AutoTokenizer`` and the image settings from ``preprocessor_config.json`` into
-    `TensorQwen2VLImageProcessor`. ``sizes`` overrides the saved pixel bounds when given.
+    `TensorQwen2VLImageProcessor`. ``sizes`` overrides the saved pixel bounds and thumbnail cap when
+    given; otherwise the saved ones apply (read them with `image_sizes_of`).
     """
     from transformers import AutoProcessor, AutoTokenizer
 
@@ -155,7 +250,7 @@ def load_processor(path_or_id: str | Path, sizes: ImageSizes | None = None, *, p
     if has_torchvision():
         try:
             processor = AutoProcessor.from_pretrained(str(path_or_id), **size_kwargs)
-            return install_protocol(processor, protocol)
+            return install_protocol(_set_sizes(processor, sizes), protocol)
         except (OSError, ValueError, TypeError) as err:  # e.g. a saved tiny policy has no video processor
             logger.warning(
                 "AutoProcessor could not load %s (%s); using the image-only processor.", path_or_id, err
@@ -165,4 +260,4 @@ def load_processor(path_or_id: str | Path, sizes: ImageSizes | None = None, *, p
     processor = NoVideoQwen2_5_VLProcessor(
         image_processor=image_processor, tokenizer=tokenizer, video_processor=None
     )
-    return install_protocol(processor, protocol)
+    return install_protocol(_set_sizes(processor, sizes), protocol)

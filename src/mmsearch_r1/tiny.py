@@ -8,7 +8,8 @@ one per byte; every string still round-trips exactly) plus Qwen2.5-VL's special 
 token ids match that tokenizer, and the processor (`mmsearch_r1.processor`) with the tag protocol
 installed. With ``save_dir`` the model and processor are saved there and the model's ``name_or_path``
 points to it, so TRL can build a reference model from the path (``beta > 0`` without PEFT), and
-`load_tiny_policy` reloads both exactly.
+`load_tiny_policy` reloads both exactly. `overfit` teaches a (tiny) policy scripted conversations with
+plain torch (assistant tokens only), so tests can drive TRL's loop with a policy that calls the tools.
 
 What it does not: no pretrained weights, no knowledge; the CPU demo policy lives in the policy module.
 """
@@ -21,6 +22,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+from mmsearch_r1.chat_template import assistant_token_mask
 from mmsearch_r1.processor import ImageSizes, build_processor, load_processor
 
 SPECIAL_TOKENS = [
@@ -186,3 +188,45 @@ def load_tiny_policy(path: str | Path, *, protocol: str = "tags"):
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32)
     model.eval()
     return model, load_processor(path, protocol=protocol)
+
+
+def overfit(
+    model,
+    processor,
+    conversations: list[list[dict]],
+    steps: int = 60,
+    *,
+    lr: float = 3e-3,
+    stop_below: float | None = None,
+) -> float:
+    """Overfit ``model`` on ``conversations`` (chat messages) with AdamW; return the last step's loss.
+
+    Each step is one conversation (in turn); the loss covers the assistant tokens only
+    (`assistant_token_mask`: tool results and prompts are masked). With ``stop_below`` training stops
+    once every conversation's latest loss is below it. For tests and demos on tiny policies: no
+    batching, no scheduler, no checkpoints (the warm start uses TRL's SFTTrainer).
+    """
+    if not conversations:
+        raise ValueError("overfit needs at least one conversation.")
+    batches = []
+    for msgs in conversations:
+        enc = processor.apply_chat_template(msgs, tokenize=True, return_dict=True, return_tensors="pt")
+        mask = torch.tensor([assistant_token_mask(enc["input_ids"][0], processor)])
+        batches.append((enc, enc["input_ids"].masked_fill(mask == 0, -100)))
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    latest = [float("inf")] * len(batches)
+    loss = float("nan")
+    try:
+        for step in range(steps):
+            enc, labels = batches[step % len(batches)]
+            out = model(**enc, labels=labels).loss
+            out.backward()
+            opt.step()
+            opt.zero_grad()
+            loss = latest[step % len(batches)] = out.item()
+            if stop_below is not None and max(latest) < stop_below:
+                break
+    finally:
+        model.eval()
+    return loss

@@ -6,16 +6,21 @@ contract. For each rollout it
 - recovers the assistant turns' exact texts by decoding ``completion_ids`` (special tokens kept) and
   cutting out the user-side turns TRL inserted (`split_turns`); without ids it rebuilds them from the
   conversational ``completions`` (`message_to_tag_text`);
-- reads the gold answer and its aliases from the row's ``answer`` and ``aliases`` columns;
-- scores it with `mmsearch_r1.rewards.reward_parts` (accuracy, strict/flexible format), and by default
-  takes the number of searches for the penalty from the environment's counters (the searches that
-  really ran, including those whose result TRL later dropped for length), not from the text;
+- reads the gold answer and its aliases from the row's ``answer`` and ``aliases`` columns
+  (`mmsearch_r1.rewards.golds_of`);
+- scores it with `mmsearch_r1.rewards.reward_parts` (accuracy, strict/flexible format, penalty).
+  The searches the penalty counts (``searches_from="env"``, the default): the searches the environment
+  actually executed, i.e. the engine was called, whether it answered or failed (``SearchEnv``'s
+  ``image_calls``/``text_calls``, including searches whose result TRL later dropped for length);
+  calls refused by a budget or the grammar are not searches. When no environment is available (or
+  ``searches_from="text"``): the non-final turns of the text that fire a search
+  (``protocol.count_searches``);
 - logs the batch means of the parts through ``log_metric`` (``mmsearch/accuracy``, ``mmsearch/format``,
   ``mmsearch/search_ratio``, ``mmsearch/image_calls``, ``mmsearch/text_calls``, ``mmsearch/tool_failures``,
   ``mmsearch/tool_refused``, ...).
 
-What it does not: no reward arithmetic of its own beyond recombining the parts (`rewards` owns the
-formula), no LLM judge, no generation.
+What it does not: no reward arithmetic of its own (`rewards` owns the formula), no LLM judge, no
+generation.
 """
 
 from __future__ import annotations
@@ -25,8 +30,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mmsearch_r1.chat_template import IMAGE_TOOL, TAG_RESPONSE_TEMPLATE, TEXT_ARG, TEXT_TOOL
-from mmsearch_r1.protocol import Budgets
-from mmsearch_r1.rewards import penalty_factor, reward_parts
+from mmsearch_r1.protocol import (
+    IMAGE_SEARCH_TAG,
+    REASON_CLOSE,
+    REASON_OPEN,
+    TEXT_SEARCH_CLOSE,
+    TEXT_SEARCH_OPEN,
+    Budgets,
+)
+from mmsearch_r1.rewards import MATCHERS, golds_of, reward_parts
 
 _USER_SIDE_RE = re.compile(r"<\|im_start\|>user\n.*?<\|im_end\|>\n<\|im_start\|>assistant\n", re.DOTALL)
 _TRAILING_PAD_RE = re.compile(r"(?:<\|endoftext\|>)+$")
@@ -58,11 +70,27 @@ class RewardConfig:
     "auto" picks "ids" when the processor carries the tag protocol's parser, else "messages"."""
 
     def __post_init__(self):
-        if self.turns_from not in ("auto", "ids", "messages"):
-            raise ValueError(f"RewardConfig.turns_from must be 'ids' or 'messages', got {self.turns_from!r}.")
-        if self.searches_from not in ("env", "text"):
+        choices = {
+            "turns_from": ("auto", "ids", "messages"),
+            "searches_from": ("env", "text"),
+            "penalty_mode": ("once", "per_call"),
+            "grammar": ("strict", "flexible"),
+            "match": tuple(sorted(MATCHERS)),
+        }
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"RewardConfig.{name} must be one of {allowed}, got {value!r}.")
+        for name in ("penalty", "format_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"RewardConfig.{name} must be a number in [0, 1], got {value!r}.")
+        costs = self.tool_costs or {}
+        unknown = set(costs) - {"image_search", "text_search"}
+        if unknown or any(c < 0 or self.penalty * c > 1.0 for c in costs.values()):
             raise ValueError(
-                f"RewardConfig.searches_from must be 'env' or 'text', got {self.searches_from!r}."
+                f"RewardConfig.tool_costs must map image_search/text_search to costs >= 0 with "
+                f"penalty * cost <= 1, got {self.tool_costs!r} with penalty={self.penalty}."
             )
 
 
@@ -84,7 +112,7 @@ def message_to_tag_text(message: dict) -> str:
     """
     parts = []
     if message.get("reasoning_content") is not None:
-        parts.append(f"<reason>{message['reasoning_content']}</reason>")
+        parts.append(f"{REASON_OPEN}{message['reasoning_content']}{REASON_CLOSE}")
     content = message.get("content") or ""
     if isinstance(content, list):
         content = "".join(
@@ -95,10 +123,10 @@ def message_to_tag_text(message: dict) -> str:
         fn = call.get("function", call)
         args = fn.get("arguments") or {}
         if fn.get("name") in (IMAGE_TOOL, "image_search"):
-            parts.append("<search><img></search>")
+            parts.append(IMAGE_SEARCH_TAG)
         elif fn.get("name") == TEXT_TOOL:
             query = args.get(TEXT_ARG, args.get("query", "")) if isinstance(args, dict) else str(args)
-            parts.append(f"<text_search>{query}</text_search>")
+            parts.append(f"{TEXT_SEARCH_OPEN}{query}{TEXT_SEARCH_CLOSE}")
     return "".join(parts)
 
 
@@ -109,12 +137,6 @@ def completion_turns(completion, completion_ids: Sequence[int] | None = None, to
     if isinstance(completion, str):
         return [completion]
     return [message_to_tag_text(m) for m in completion if m.get("role") == "assistant"]
-
-
-def _golds(answer, aliases) -> list[str]:
-    golds = [answer] if isinstance(answer, str) and answer else []
-    golds += [a for a in (aliases or []) if isinstance(a, str) and a]
-    return golds
 
 
 def make_reward_func(processing_class=None, config: RewardConfig | None = None) -> Callable[..., list[float]]:
@@ -147,10 +169,14 @@ def make_reward_func(processing_class=None, config: RewardConfig | None = None) 
         for i in range(n):
             ids = completion_ids[i] if completion_ids is not None and use_ids else None
             turns = completion_turns(completions[i], ids, tokenizer)
-            golds = _golds(answer[i], aliases[i])
+            env = environments[i] if environments else None
+            counters = env.counters if env is not None and hasattr(env, "counters") else None
+            searches = None
+            if config.searches_from == "env" and counters is not None:
+                searches = {"image_search": counters["image_calls"], "text_search": counters["text_calls"]}
             parts = reward_parts(
                 turns,
-                golds,
+                golds_of(answer[i], aliases[i]),
                 penalty=config.penalty,
                 format_weight=config.format_weight,
                 penalty_mode=config.penalty_mode,
@@ -158,36 +184,17 @@ def make_reward_func(processing_class=None, config: RewardConfig | None = None) 
                 tool_costs=config.tool_costs,
                 match=config.match,
                 budgets=config.budgets,
+                searches=searches,
             )
-            env = environments[i] if environments else None
-            counters = env.counters if env is not None and hasattr(env, "counters") else None
-            reward = parts.reward
-            if config.searches_from == "env" and counters is not None:
-                searches = {"image_search": counters["image_calls"], "text_search": counters["text_calls"]}
-                factor = penalty_factor(
-                    parts.accuracy > 0,
-                    searches,
-                    penalty=config.penalty,
-                    penalty_mode=config.penalty_mode,
-                    tool_costs=config.tool_costs,
-                )
-                reward = round(
-                    (1 - config.format_weight) * parts.accuracy * factor
-                    + config.format_weight * parts.format,
-                    10,
-                )
-            else:
-                searches = {"image_search": parts.image_searches, "text_search": parts.text_searches}
-                factor = parts.penalty_factor
-            rewards.append(float(reward))
+            rewards.append(float(parts.reward))
             rows.append(
                 {
                     "accuracy": parts.accuracy,
                     "format": parts.format,
-                    "penalty_factor": factor,
-                    "searched": float(sum(searches.values()) > 0),
-                    "image_calls": searches["image_search"],
-                    "text_calls": searches["text_search"],
+                    "penalty_factor": parts.penalty_factor,
+                    "searched": float(parts.searches > 0),
+                    "image_calls": parts.image_searches,
+                    "text_calls": parts.text_searches,
                     "turns": len(turns),
                     "tool_failures": counters["failures"] if counters else 0,
                     "tool_refused": counters["refused"] if counters else 0,
