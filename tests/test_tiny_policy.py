@@ -148,6 +148,11 @@ def test_fit_size_property(w, h, bounds):
     assert smart_resize(oh, ow, factor=28, min_pixels=min_pixels, max_pixels=max_pixels) == (oh, ow)
 
 
+def test_transparent_thumbnail_is_flattened_on_white():
+    out = fit_image(Image.new("RGBA", (56, 56), (255, 0, 0, 0)), max_pixels=28 * 28 * 4)
+    assert out.mode == "RGB" and out.getpixel((0, 0)) == (255, 255, 255)
+
+
 def test_very_elongated_thumbnail_is_padded_and_processed(saved):
     """Aspect > 200 made the processor raise inside TRL's tool loop; fit_image pads the short side."""
     _, _, processor = saved

@@ -36,6 +36,7 @@ from transformers import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil, smart_resize
 
 from mmsearch_r1.chat_template import install_protocol
+from mmsearch_r1.helpers import to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def fit_size(width: int, height: int, max_pixels: int, min_pixels: int = PATCH *
 
 
 def fit_image(image: Image.Image, max_pixels: int, min_pixels: int = PATCH * PATCH) -> Image.Image:
-    """Resize ``image`` (converted to RGB) to sides that are multiples of 28 and an area in [min_pixels, max_pixels].
+    """Resize ``image`` (converted to RGB, transparency on white) to sides that are multiples of 28 and an area in [min_pixels, max_pixels].
 
     Keeps the aspect ratio like Qwen2.5-VL's ``smart_resize`` (which it uses), so a processor whose own
     bounds contain [min_pixels, max_pixels] will not resize the result again. Images more elongated than
@@ -173,7 +174,7 @@ def fit_image(image: Image.Image, max_pixels: int, min_pixels: int = PATCH * PAT
     w, h = image.size
     if w <= 0 or h <= 0:
         raise ValueError(f"fit_image got an empty image of size {image.size}.")
-    image = image.convert("RGB")
+    image = to_rgb(image)  # transparent pixels on white, not black (plain convert("RGB"))
     # The most elongated grid within the cap is 1 x n tokens (n = max_pixels // 784); allow that ratio.
     image = _pad_to_aspect(image, min(MAX_ASPECT, max(1, max_pixels // (PATCH * PATCH))))
     wb, hb = fit_size(*image.size, max_pixels=max_pixels, min_pixels=min_pixels)
