@@ -3,6 +3,7 @@
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from search_fakes import PROTOCOL_FRAGMENTS
 
 from mmsearch_r1.protocol import (
     Budgets,
@@ -107,25 +108,7 @@ def test_parse_never_raises_on_arbitrary_text(text):
     assert (turn.kind == "invalid") == (turn.why is not None)
 
 
-_pieces = st.sampled_from(
-    [
-        "<reason>",
-        "</reason>",
-        "<answer>",
-        "</answer>",
-        "<search>",
-        "</search>",
-        "<img>",
-        "<text_search>",
-        "</text_search>",
-        "<information>",
-        "<|im_end|>",
-        " ",
-        "\n",
-        "Paris",
-        "x",
-    ]
-)
+_pieces = st.sampled_from(PROTOCOL_FRAGMENTS)
 
 
 @settings(max_examples=300, deadline=None)
