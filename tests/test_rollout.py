@@ -152,7 +152,7 @@ def test_same_turns_and_observations_as_trl_tool_loop(tiny):
     rows = _rows()
     factory = make_env_factory(_engines())
     cfg = RolloutConfig(progress=False)
-    max_turns = cfg.env.budgets.max_turns
+    max_turns = 3
 
     # TRL: tokenize prompts, first turn, parse, tool loop (its code, unchanged).
     envs = [factory() for _ in rows]
@@ -186,7 +186,7 @@ def test_same_turns_and_observations_as_trl_tool_loop(tiny):
         assert [im.size for im in t.images[1:]] == [im.size for im in tool_images[i]]
         assert t.env.counters == envs[i].counters
     # Row A ran image then text search; E's third turn asked for a search that never ran.
-    recs = [t.record("on_demand", max_turns) for t in trajs]
+    recs = [t.record("on_demand") for t in trajs]
     assert recs[0]["search_sequence"] == ["image_search", "text_search"] and recs[0]["prediction"] == "Lima"
     assert recs[0]["correct_em"] and recs[0]["tool_tokens"] > 0 and recs[0]["observations"][0]["images"] == 2
     assert (
@@ -252,7 +252,9 @@ def test_hf_generator_batched_with_tiny_policy(tiny):
 def test_config_errors_and_denominator():
     with pytest.raises(ValueError, match="method"):
         RolloutConfig(method="sometimes")
-    assert max_search_steps(RolloutConfig().env) == 2
+    from mmsearch_r1.env import EnvConfig
+
+    assert max_search_steps(EnvConfig()) == 2
 
 
 def test_unknown_tool_becomes_an_error_result_like_trl():
@@ -305,7 +307,7 @@ def test_native_protocol_matches_trl_too():
             t.ids[: t.prompt_len] == p_ids[i] and t.completion_ids == c_ids[i] and t.tool_mask == tool_mask[i]
         )
         assert [m.get("tool_calls") for m in t.messages] == [m.get("tool_calls") for m in completions[i]]
-    rec = trajs[0].record("on_demand", 3)
+    rec = trajs[0].record("on_demand")
     assert rec["search_sequence"] == ["image_search", "text_search"] and rec["queries"] == ["capital of Peru"]
     assert rec["prediction"] == "Lima" and rec["turns"][-1]["kind"] == "invalid"  # answer fires; no <reason>
 

@@ -285,6 +285,7 @@ def evaluate(
     ``engines`` and ``generator`` replace what the config would load (tests, notebooks).
     """
     from mmsearch_r1.env import EnvConfig, make_env_factory
+    from mmsearch_r1.processor import image_sizes_of
     from mmsearch_r1.protocol import Budgets
     from mmsearch_r1.rollout import HFGenerator, RolloutConfig, rollout
     from mmsearch_r1.tiny import vision_token_ids
@@ -318,6 +319,7 @@ def evaluate(
         grammar=cfg.grammar,
         image_k=cfg.image_k,
         text_k=cfg.text_k,
+        sizes=image_sizes_of(processor),  # thumbnails shrunk to the policy's own bounds, as in training
     )
     factory = make_env_factory(engines, config=env_cfg)
     run_dir = cfg.run_dir
@@ -330,7 +332,7 @@ def evaluate(
     for label, ds in datasets.items():
         rows = [dict(r) for r in ds]
         for method in cfg.methods:
-            rcfg = RolloutConfig(method=method, env=env_cfg, max_new_tokens=cfg.max_new_tokens,
+            rcfg = RolloutConfig(method=method, max_new_tokens=cfg.max_new_tokens,
                                  temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed,
                                  progress=cfg.progress)  # fmt: skip
             gen = generator or HFGenerator(

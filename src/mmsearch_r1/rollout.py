@@ -56,8 +56,6 @@ class RolloutConfig:
 
     method: str = "on_demand"
     """``on_demand`` | ``direct`` | ``rag`` (see the module docstring)."""
-    env: EnvConfig = field(default_factory=EnvConfig)
-    """Budgets, grammar and result counts; the same `EnvConfig` training uses."""
     max_new_tokens: int = 160
     """Tokens per assistant turn at most (the paper's eval lets a turn run to the context limit)."""
     max_completion_length: int | None = None
@@ -256,7 +254,7 @@ class Trajectory:
         self.observations[-1]["tokens"] = len(suffix)
         return True
 
-    def record(self, method: str, max_turns: int) -> dict:
+    def record(self, method: str) -> dict:
         final = self.turns[-1] if self.turns else {}
         pred = final.get("answer") if final.get("action") == "answer" else None
         counters = self.env.counters
@@ -381,13 +379,15 @@ def rollout_batch(
 ) -> list[Trajectory]:
     """Run one batch of rows to the end; returns the trajectories (see `Trajectory.record`)."""
     cfg = config or RolloutConfig()
-    budgets = cfg.env.budgets
     trajs = []
     for i, row in enumerate(rows):
         env = env_factory()
         env.reset(**row)
         ids = prompt_ids(processor, row, [env.search, env.text_search])
         trajs.append(Trajectory(dict(row), samples[i] if samples else 0, env, ids, [row["image"]], len(ids)))
+    if not trajs:
+        return []
+    budgets = trajs[0].env.config.budgets  # the environment's budgets rule, as in training
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, cfg.tool_workers)) as pool:
         for turn in range(budgets.max_turns):
@@ -478,7 +478,7 @@ def rollout(
         trajs = rollout_batch(
             [r for r, _ in batch], processor, generator, env_factory, cfg, samples=[s for _, s in batch]
         )
-        records.extend(t.record(cfg.method, cfg.env.budgets.max_turns) for t in trajs)
+        records.extend(t.record(cfg.method) for t in trajs)
     return records
 
 
