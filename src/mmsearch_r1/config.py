@@ -219,10 +219,11 @@ DEMO_DATASET = "data/generated/world_train.parquet"
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
-    # The CPU demo: the warm-started SmolLM2-135M Qwen2.5-VL policy, offline world, 2 cores. Full
-    # fine-tuning of 135M params on CPU is affordable; beta 0 drops the reference forward (a CPU study saw
-    # RL without KL erode memorised answers over 100+ steps; the demo runs far fewer). lr 1e-5: 5e-5
-    # flipped a SmolLM2 policy to always-search after one update (reference/smollm2_feasibility.md).
+    # The CPU demo: the warm-started SmolLM2-135M Qwen2.5-VL policy, offline world, 2 cores. The top 8 LM
+    # layers are trained (as in the warm start); beta 0 drops the reference forward (a CPU study saw RL
+    # without KL erode memorised answers over 100+ steps; the demo runs far fewer). lr 1e-5: 5e-5 flipped
+    # a SmolLM2 policy to always-search after one update (reference/smollm2_feasibility.md). Provisional
+    # sizes (rollouts, steps): to be re-measured with the warm-started policy against make demo's budget.
     "cpu_demo": {
         "name": "demo_grpo",
         "model": "demo-sft",
@@ -232,10 +233,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train_top_layers": 8,  # as in the warm start (notebook 02)
         "image_k": 3,  # as in the warm start: the policy was taught on 3 hits
         "text_k": 3,
-        "num_generations": 8,
+        # 8 rollouts per step: on 2 shared cores one step of 16 rollouts of the (not yet warm-started) demo
+        # policy took 499-690 s (benchmarks/bench_train.py), mostly decoding up to the longest rollout.
+        "num_generations": 4,
         "prompts_per_step": 2,
         "steps_per_generation": 1,
-        "gradient_accumulation_steps": 4,  # 16 rollouts generated together, trained 4 at a time (memory)
+        "gradient_accumulation_steps": 2,  # rollouts generated together, trained 4 at a time (memory)
         "learning_rate": 1e-5,
         "weight_decay": 0.0,
         "beta": 0.0,
