@@ -198,6 +198,7 @@ def build_trainer(cfg: TrainConfig, *, policy=None, rows=None, engines=None, cal
     from accelerate import PartialState
 
     from mmsearch_r1.env import make_env_factory
+    from mmsearch_r1.processor import image_sizes_of
     from mmsearch_r1.protocol import Budgets
     from mmsearch_r1.run_logging import GracefulStop, MetricsLogger, TimedGRPOTrainer
     from mmsearch_r1.tiny import vision_token_ids
@@ -220,7 +221,12 @@ def build_trainer(cfg: TrainConfig, *, policy=None, rows=None, engines=None, cal
     dataset = to_trl_dataset(rows)
     budgets = Budgets(max_turns=cfg.max_turns, image=cfg.image_budget, text=cfg.text_budget)
     env_factory = make_env_factory(
-        engines, budgets, grammar=cfg.grammar, image_k=cfg.image_k, text_k=cfg.text_k
+        engines,
+        budgets,
+        sizes=image_sizes_of(policy.processor),  # thumbnails shrunk to the policy's own cap, as in evaluation
+        grammar=cfg.grammar,
+        image_k=cfg.image_k,
+        text_k=cfg.text_k,
     )
     reward = make_reward_func(
         policy.processor,
