@@ -6,7 +6,7 @@ policy (``demo-sft``) when notebook 02 has produced it, else the un-warm-started
 same cost per token; its rollouts differ), else the tiny policy (said so in the JSON). Writes
 ``benchmarks/results/train.json``.
 
-    python benchmarks/bench_train.py [--steps 3] [--model demo-sft|demo|tiny]
+    python benchmarks/bench_train.py [--steps 2] [--model demo-sft|demo|tiny]
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def pick_model() -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--model", default=None, help="demo-sft, demo or tiny (default: the best available)")
     args = parser.parse_args(argv)
 
