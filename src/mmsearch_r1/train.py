@@ -193,6 +193,15 @@ def _load(cfg: TrainConfig):
     )
 
 
+def _vision_ids(processor) -> list[int]:
+    """Ids of the vision placeholder tokens this tokenizer really has (a missing one maps to unk: skip it)."""
+    from mmsearch_r1.tiny import VISION_TOKENS
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    vocab = tokenizer.get_vocab()
+    return [vocab[t] for t in VISION_TOKENS if t in vocab]
+
+
 def build_trainer(cfg: TrainConfig, *, policy=None, rows=None, engines=None, callbacks=()):
     """The ``TimedGRPOTrainer`` of ``cfg`` plus its parts (policy, dataset, engines, reward function)."""
     from accelerate import PartialState
@@ -201,13 +210,13 @@ def build_trainer(cfg: TrainConfig, *, policy=None, rows=None, engines=None, cal
     from mmsearch_r1.processor import image_sizes_of
     from mmsearch_r1.protocol import Budgets
     from mmsearch_r1.run_logging import GracefulStop, MetricsLogger, TimedGRPOTrainer
-    from mmsearch_r1.tiny import vision_token_ids
     from mmsearch_r1.train_data import load_rows, make_train_engines, to_trl_dataset
     from mmsearch_r1.trl_rewards import RewardConfig, make_reward_func
 
     policy = policy or build_policy(cfg)
-    suppress = vision_token_ids(policy.processor) if cfg.suppress_vision_tokens else None
-    args = to_grpo_config(cfg, suppress_tokens=[i for i in (suppress or []) if i is not None])
+    args = to_grpo_config(
+        cfg, suppress_tokens=_vision_ids(policy.processor) if cfg.suppress_vision_tokens else None
+    )
     with PartialState().main_process_first():  # one process builds indexes / world caches
         if rows is None:
             rows = load_rows(cfg.dataset, cfg.dataset_split, max_rows=cfg.max_train_samples, seed=cfg.seed)
