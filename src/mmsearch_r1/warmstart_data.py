@@ -52,15 +52,15 @@ NOUN = {"flag": "flag", "outline": "map"}
 class ProbeConfig:
     """How the language model's knowledge is measured."""
 
-    k: int = 4
+    k: int = 2
     """Samples per fact (besides one greedy answer)."""
     temperature: float = 0.7
     """Sampling temperature of the k samples."""
     threshold: float = 0.5
     """A fact is known when at least this share of the k + 1 answers is correct."""
-    max_new_tokens: int = 8
+    max_new_tokens: int = 6
     """Tokens generated after the cue."""
-    batch_size: int = 64
+    batch_size: int = 96
     """Prompts per generate call."""
     seed: int = 0
     """Sampling seed."""
