@@ -285,10 +285,10 @@ def evaluate(
     ``engines`` and ``generator`` replace what the config would load (tests, notebooks).
     """
     from mmsearch_r1.env import EnvConfig, make_env_factory
+    from mmsearch_r1.generation import vision_ids
     from mmsearch_r1.processor import image_sizes_of
     from mmsearch_r1.protocol import Budgets
     from mmsearch_r1.rollout import HFGenerator, RolloutConfig, rollout
-    from mmsearch_r1.tiny import vision_token_ids
 
     cfg = config or EvalConfig()
     t0 = time.perf_counter()
@@ -335,9 +335,7 @@ def evaluate(
             rcfg = RolloutConfig(method=method, max_new_tokens=cfg.max_new_tokens,
                                  temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed,
                                  progress=cfg.progress)  # fmt: skip
-            gen = generator or HFGenerator(
-                model, processor, rcfg, suppress_tokens=vision_token_ids(processor)
-            )
+            gen = generator or HFGenerator(model, processor, rcfg, suppress_tokens=vision_ids(processor))
             recs = rollout(rows, processor, gen, factory, rcfg, desc=f"{label} {method}")
             recs = [score_record(r, benchmark=label) for r in recs]
             if judge is not None:

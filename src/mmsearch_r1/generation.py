@@ -101,3 +101,12 @@ def _default_config():
     from mmsearch_r1.rollout import RolloutConfig
 
     return RolloutConfig()
+
+
+def vision_ids(processor) -> list[int]:
+    """Ids of the vision placeholder tokens the tokenizer really has, for ``suppress_tokens`` (a random or
+    barely trained model can sample them; a token missing from the vocabulary would map to unk: skipped)."""
+    from mmsearch_r1.tiny import VISION_TOKENS
+
+    vocab = getattr(processor, "tokenizer", processor).get_vocab()
+    return [vocab[t] for t in VISION_TOKENS if t in vocab]
