@@ -292,3 +292,24 @@ def test_resume_refuses_a_run_with_other_settings(tmp_path):
     (old.run_dir / "config.json").write_text(json.dumps(old.to_dict()))
     with pytest.raises(ValueError, match="penalty: 0.1 -> 0.0"):
         train(old.replace(penalty=0.0))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"protocol": "native"},
+        {"lora": True, "lora_r": 4},
+        {"beta": 0.04},
+        {"loss_type": "grpo", "scale_rewards": "none"},
+    ],
+    ids=["native-protocol", "lora", "kl-reference-model", "grpo-loss"],
+)
+def test_training_variants_run_one_step(tmp_path, changes):
+    from mmsearch_r1.train import train
+
+    result = train(_tiny(tmp_path, max_steps=1, save_steps=10, **changes))
+    assert [m["step"] for m in result.metrics] == [1]
+    if changes.get("beta"):
+        assert result.metrics[0]["kl"] is not None  # the reference model ran
+    if changes.get("lora"):
+        assert (result.run_dir / "checkpoint-1" / "adapter_config.json").is_file()
