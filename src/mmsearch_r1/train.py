@@ -213,6 +213,7 @@ def build_trainer(cfg: TrainConfig, *, policy=None, rows=None, engines=None, cal
     from mmsearch_r1.train_data import load_rows, make_train_engines, to_trl_dataset
     from mmsearch_r1.trl_rewards import RewardConfig, make_reward_func
 
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is used on purpose
     policy = policy or build_policy(cfg)
     args = to_grpo_config(
         cfg, suppress_tokens=_vision_ids(policy.processor) if cfg.suppress_vision_tokens else None
