@@ -12,7 +12,8 @@ What it does:
 - `load_config(path, preset=, overrides=)`: preset, then a YAML/JSON file (which may name its own
   ``preset``), then ``key=value`` overrides (values parsed as YAML: ``lora=true``, ``lr=1e-5``,
   ``grpo_overrides={top_p: 0.9}``). Unknown keys and wrong types fail with the key's name and the fix.
-- `to_grpo_config(config, world_size=)` builds TRL's ``GRPOConfig`` from it.
+- `to_grpo_config(config, processes=, suppress_tokens=)` builds TRL's ``GRPOConfig`` from it (logging every
+  step, ``remove_unused_columns=False``, ``log_completions=False``), `per_device_batch` checks the split.
 
 What it does not: no model, data or engine loading (`mmsearch_r1.train` does that).
 """
@@ -233,8 +234,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train_top_layers": 8,  # as in the warm start (notebook 02)
         "image_k": 3,  # as in the warm start: the policy was taught on 3 hits
         "text_k": 3,
-        # 8 rollouts per step: on 2 shared cores one step of 16 rollouts of the (not yet warm-started) demo
-        # policy took 499-690 s (benchmarks/bench_train.py), mostly decoding up to the longest rollout.
+        # 8 rollouts per step: on 2 shared cores a step of the (not yet warm-started, rambling) demo policy
+        # took 222-403 s with 8 rollouts and 499-690 s with 16 (benchmarks/bench_train.py), ~75% of it
+        # decoding up to the longest rollout (max_completion_length).
         "num_generations": 4,
         "prompts_per_step": 2,
         "steps_per_generation": 1,
