@@ -184,3 +184,17 @@ def test_search_settings_follow_the_training_run(tmp_path):
     _, items = load_eval(tmp_path / "runs" / "e")
     image_obs, text_obs = items[0]["observations"]
     assert image_obs["images"] == 2 and len(text_obs["hits"]) <= 1
+
+
+def test_training_env_reads_grpo_and_warmstart_configs(tmp_path):
+    from mmsearch_r1.evaluate import _training_env
+
+    grpo, ws = tmp_path / "grpo", tmp_path / "ws"
+    for d in (grpo, ws):
+        (d / "final").mkdir(parents=True)
+    (grpo / "config.json").write_text(json.dumps({"image_k": 3, "text_k": 3, "penalty": 0.1}))
+    env = {"budgets": {"max_turns": 3, "image": 1, "text": 2}, "grammar": "strict", "image_k": 2, "text_k": 4}
+    (ws / "config.json").write_text(json.dumps({"env": env}))
+    assert _training_env(EvalConfig(policy=str(grpo / "final"))) == {"image_k": 3, "text_k": 3}
+    assert _training_env(EvalConfig(policy=str(ws / "final")))["text_k"] == 4
+    assert _training_env(EvalConfig(policy="demo")) is None

@@ -235,7 +235,12 @@ def _training_env(cfg: EvalConfig) -> dict | None:
     if path.name != "final" or not run_cfg.is_file():
         return None
     data = json.loads(run_cfg.read_text())
-    return {k: data[k] for k in ENV_FIELDS if k in data} or None
+    env = data.get("env") if isinstance(data.get("env"), dict) else None
+    if env is not None:  # a warm-start run: its EnvConfig, nested
+        budgets = env.get("budgets") or {}
+        data = {"max_turns": budgets.get("max_turns"), "image_budget": budgets.get("image"),
+                "text_budget": budgets.get("text"), **{k: env.get(k) for k in ("grammar", "image_k", "text_k")}}  # fmt: skip
+    return {k: data[k] for k in ENV_FIELDS if data.get(k) is not None} or None
 
 
 def load_dataset_spec(spec: str, *, max_items: int | None = None, seed: int = 0):
