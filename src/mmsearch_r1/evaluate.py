@@ -231,6 +231,10 @@ ENV_FIELDS = ("max_turns", "image_budget", "text_budget", "grammar", "image_k", 
 def _training_env(cfg: EvalConfig) -> dict | None:
     """The search settings of the training run whose ``final/`` folder is the policy (None if not a run)."""
     path = Path(str(cfg.policy))
+    if str(cfg.policy) == "demo-sft":
+        from mmsearch_r1.policy import DEMO_SFT_DIR
+
+        path = Path(DEMO_SFT_DIR)
     run_cfg = path.parent / "config.json"
     if path.name != "final" or not run_cfg.is_file():
         return None
