@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmsearch_r1.evaluate import METHOD_LABELS
+from mmsearch_r1.eval_metrics import METHOD_LABELS
 
 PAPER_BENCHMARKS = ("FVQA-test", "InfoSeek", "MMSearch", "SimpleVQA", "LiveVQA")
 # Paper Table 1 (arXiv 2506.20670 v1): accuracy % by the GPT-4o judge; search ratio % (Tab. 1 definition).
@@ -255,7 +255,7 @@ def behaviour_breakdown(
     eval_runs: Mapping, *, method: str = "on_demand", benchmark: str | None = None, metric: str = "em"
 ) -> pd.DataFrame:
     """Share of each answer behaviour per policy, from the per-item records (``metric``: em, subem, judge)."""
-    from mmsearch_r1.evaluate import behaviour
+    from mmsearch_r1.eval_metrics import behaviour
 
     rows = []
     for label, run in _runs(eval_runs).items():
