@@ -18,9 +18,19 @@ from mmsearch_r1.rewards import reward_parts
 
 # (stage name, module, function run with no arguments, what it does)
 STAGES: list[tuple[str, str, str, str]] = [
-    ("world", "mmsearch_r1.world", "demo_stage", "build the offline world and its search index"),
+    (
+        "world",
+        "mmsearch_r1.pipeline",
+        "world_stage",
+        "the offline world, its search indexes, the question pool",
+    ),
     ("warm start", "mmsearch_r1.warmstart", "demo_stage", "supervised warm start of the CPU policy"),
-    ("curation", "mmsearch_r1.curation", "demo_stage", "search-balanced curation of the RL set"),
+    (
+        "curation",
+        "mmsearch_r1.pipeline",
+        "curation_stage",
+        "search-balanced curation with the warm-started policy",
+    ),
     ("GRPO", "mmsearch_r1.train", "demo_stage", "GRPO with on-demand search, penalty 0.1"),
     ("evaluation", "mmsearch_r1.evaluate", "demo_stage", "direct / RAG / on-demand on the test split"),
     ("figures", "mmsearch_r1.analysis", "demo_stage", "figures from the run folders"),

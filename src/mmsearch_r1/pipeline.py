@@ -1,0 +1,166 @@
+"""The two data stages of `make demo`: the world and its pool, then curation with the real policy.
+
+What it does:
+
+* `world_stage`: builds (or loads from cache) the offline world, its search indexes and the question
+  pool, and writes the splits to ``data/generated/world_{train_pool,validation,test}.parquet`` with
+  `data.write_pool` (what notebook 01 does with its defaults, minus the figures).
+* `curation_stage`: search-balanced curation (paper §3.1) of a seeded sample of the training pool with
+  the warm-started policy itself: ``k`` sampled rollouts per question without search and ``k`` with
+  search (`rollout.curation_rollout_fn`, the same template, parser, `SearchEnv` and budgets as
+  training), label, sample to the target free/required ratio, and write the result to the file the
+  ``cpu_demo`` training preset reads (``data/generated/world_train.parquet``). ``reproduce`` also
+  writes an unbalanced set (at most 15 % search-free) for the paper's Finding 5 ablation.
+
+Both are thin: every step is a call into `world`, `questions`, `data`, `tools`, `rollout` and
+`curation`. Settings live in `DataStageConfig` and are written beside the data as JSON.
+
+What it does not: no training (`train`), no evaluation (`evaluate`), no figures (`analysis`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass
+class DataStageConfig:
+    """Settings of the demo's data stages."""
+
+    out_dir: str = "data/generated"
+    """Where the parquet files go (git-ignored)."""
+    seed: int = 0
+    """Seeds the pool (entity split, perturbations) and the curation sample."""
+    n_known: int = 75
+    """Prior knowledge boundary of the pool: the n most populous countries count as known."""
+    policy: str = "demo-sft"
+    """Policy that curates (`policy.load_policy`): the warm-started CPU demo policy."""
+    curation_questions: int = 96
+    """Training-pool questions to curate (seeded sample): enough for the GRPO steps of the demo."""
+    k: int = 2
+    """Sampled rollouts per question and mode (paper: 8; 2 keeps the demo within its budget)."""
+    temperature: float = 1.0
+    """Sampling temperature of the curation rollouts (the training temperature)."""
+    free_ratio: float = 0.32
+    """Target share of search-free questions after balancing (paper: about 32 %)."""
+    unbalanced_free_ratio: float = 0.1
+    """Share of search-free questions in the unbalanced ablation set (Finding 5: at most 15 %)."""
+    max_new_tokens: int = 96
+    """Tokens per assistant turn at most during curation."""
+    batch_size: int = 16
+    """Sequences per generate call."""
+
+    @property
+    def train_path(self) -> Path:
+        from mmsearch_r1.config import DEMO_DATASET
+
+        return Path(DEMO_DATASET)
+
+
+def world_stage(reproduce: bool = False, config: DataStageConfig | None = None) -> dict:
+    """Build the world, its indexes and the pool; write the splits. Returns sizes and timings."""
+    from mmsearch_r1 import data, questions
+    from mmsearch_r1.tools.engines import world_indexes
+    from mmsearch_r1.world import WorldConfig, build_world
+
+    cfg = config or DataStageConfig()
+    t0 = time.perf_counter()
+    world = build_world(WorldConfig())
+    world_indexes()  # built once, rebuilt only when stale
+    known = questions.known_by_population(world, cfg.n_known)
+    pool = questions.build_pool(world, questions.QuestionConfig(seed=cfg.seed, known=known))
+    splits = {"train_pool": pool["train"], "validation": pool["validation"], "test": pool["test"]}
+    written = data.write_pool(splits, cfg.out_dir, "world")
+    summary = {
+        "entities": len(world),
+        "splits": {k: v["rows"] for k, v in written.items()},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    print(f"[world] {summary['entities']} entities, splits {summary['splits']}, {summary['seconds']} s")
+    return summary
+
+
+def _curator(cfg: DataStageConfig):
+    """The warm-started policy wrapped as curation's ``rollout_fn`` (same env settings as training)."""
+    from mmsearch_r1.config import preset
+    from mmsearch_r1.env import make_env_factory
+    from mmsearch_r1.generation import HFGenerator, vision_ids
+    from mmsearch_r1.policy import load_policy
+    from mmsearch_r1.processor import image_sizes_of
+    from mmsearch_r1.protocol import Budgets
+    from mmsearch_r1.rollout import RolloutConfig, curation_rollout_fn
+    from mmsearch_r1.train_data import make_train_engines
+
+    demo = preset("cpu_demo")
+    policy = load_policy(cfg.policy)
+    engines = make_train_engines(demo)
+    factory = make_env_factory(
+        engines,
+        Budgets(max_turns=demo.max_turns, image=demo.image_budget, text=demo.text_budget),
+        sizes=image_sizes_of(policy.processor),
+        grammar=demo.grammar,
+        image_k=demo.image_k,
+        text_k=demo.text_k,
+    )
+    rcfg = RolloutConfig(
+        temperature=cfg.temperature,
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+    )
+    gen = HFGenerator(policy.model, policy.processor, rcfg, suppress_tokens=vision_ids(policy.processor))
+    return curation_rollout_fn(policy.processor, gen, factory, rcfg)
+
+
+def curation_stage(reproduce: bool = False, config: DataStageConfig | None = None) -> dict:
+    """Curate a sample of the training pool with the warm-started policy; write the RL training set."""
+    from mmsearch_r1 import data
+    from mmsearch_r1.curation import CurationConfig, curate
+
+    cfg = config or DataStageConfig()
+    t0 = time.perf_counter()
+    pool_path = Path(cfg.out_dir) / "world_train_pool.parquet"
+    if not pool_path.is_file():
+        raise FileNotFoundError(f"{pool_path} is missing: run the world stage first (pipeline.world_stage)")
+    pool = data.load_fvqa_parquet(pool_path)
+    sample = pool.shuffle(seed=cfg.seed).select(range(min(cfg.curation_questions, len(pool))))
+    result = curate(
+        sample,
+        _curator(cfg),
+        CurationConfig(k=cfg.k, free_ratio=None, seed=cfg.seed, batch_size=len(sample)),
+    )
+    stats = dict(result.stats)
+    labelled = result.dataset  # every answered question, labelled by the policy's own rollouts
+    outputs = {"balanced": (cfg.train_path, cfg.free_ratio)}
+    if reproduce:
+        outputs["unbalanced"] = (
+            Path(cfg.out_dir) / "world_train_unbalanced.parquet",
+            cfg.unbalanced_free_ratio,
+        )
+    written = {}
+    for name, (path, ratio) in outputs.items():
+        rows = _resample(labelled, ratio, cfg.seed)
+        data.write_fvqa_parquet(rows, path, data_source=f"mmsearch_r1/world_train_{name}")
+        free = sum(c == "search_free" for c in rows["category"])
+        written[name] = {"path": str(path), "rows": len(rows), "search_free": free}
+    summary = {"config": asdict(cfg), "curation": stats, "written": written}
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    Path(cfg.out_dir, "curation.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"[curation] {stats} -> {written} in {summary['seconds']} s")
+    return summary
+
+
+def _resample(labelled, free_ratio: float, seed: int):
+    """Sample labelled rows to a free/required ratio, keeping as many rows as that ratio allows."""
+    from mmsearch_r1.curation import balanced_sample
+
+    labels = dict(zip(labelled["data_id"], labelled["category"], strict=True))
+    try:
+        keep = set(balanced_sample(labels, free_ratio, None, seed, min_keep=0.0))
+    except ValueError as exc:  # a class is empty: the policy's own labels cannot meet the ratio
+        print(f"[curation] keeping every labelled row: {exc}")
+        keep = set(labels)
+    return labelled.select([i for i, d in enumerate(labelled["data_id"]) if d in keep])
