@@ -28,6 +28,7 @@ import json
 import random
 import resource
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from mmsearch_r1.env import EnvConfig
 from mmsearch_r1.vision_align import VisionAlignConfig
 from mmsearch_r1.warmstart_data import (
     ProbeConfig,
+    balance,
     build_trajectories,
     knowledge_summary,
     plan_for,
@@ -67,8 +69,14 @@ class WarmStartConfig:
     """Vision-tower alignment settings."""
     env: EnvConfig = field(default_factory=lambda: EnvConfig(image_k=3, text_k=3))
     """Search settings of the trajectories and the evaluation (keep equal to RL's)."""
-    max_train_rows: int | None = 96
-    """Trajectories used for SFT (seeded sample of the train split); None: all."""
+    max_train_rows: int | None = 400
+    """Train-split questions turned into trajectories (seeded sample); None: all."""
+    sft_trajectories: int | None = 128
+    """Trajectories kept for SFT, balanced over the action sequences by ``plan_weights``; None: all."""
+    plan_weights: dict = field(default_factory=lambda: {
+        "answer": 0.3, "image_search -> answer": 0.2, "text_search -> answer": 0.25,
+        "image_search -> text_search -> answer": 0.25})  # fmt: skip
+    """Target share of each action sequence among the SFT trajectories (the search share starts at ~70%)."""
     max_length: int = 900
     """Longer trajectories (tokens, images included) are left out."""
     epochs: float = 1.0
@@ -101,7 +109,7 @@ class WarmStartConfig:
         c.model = "tiny" if self.model == "demo" else self.model  # the demo's 135M LM is minutes, not seconds
         c.probe = ProbeConfig(k=1, max_new_tokens=4, batch_size=64)
         c.vision = VisionAlignConfig(steps=3, batch_size=8)
-        c.max_train_rows, c.eval_rows, c.max_length, c.epochs = 8, 4, 4096, 1.0
+        c.max_train_rows, c.sft_trajectories, c.eval_rows, c.max_length, c.epochs = 8, 8, 4, 4096, 1.0
         c.batch_size, c.grad_accum, c.eval_max_new_tokens, c.eval_sampled = 2, 1, 16, False
         c.visual_known = min(self.visual_known, 10)
         return c
@@ -308,8 +316,9 @@ def run_warmstart(cfg: WarmStartConfig | None = None, *, world=None, pool=None, 
     collator = ProtocolCollator(policy.processor)
     lengths = [len(collator.encode(r)["input_ids"]) for r in traj]
     traj = [r for r, n in zip(traj, lengths, strict=True) if n <= cfg.max_length]
+    traj = balance(traj, cfg.sft_trajectories, cfg.plan_weights, cfg.seed)
     m.update({"trajectory_seconds": time.perf_counter() - t0, "trajectories": len(traj),
-              "trajectory_plans": dict(stats), "trajectory_tokens_mean": sum(lengths) / max(len(lengths), 1),
+              "trajectory_plans": dict(stats), "sft_plans": dict(Counter(r["plan"] for r in traj)), "trajectory_tokens_mean": sum(lengths) / max(len(lengths), 1),
               "trajectory_search_share": sum("search" in r["plan"] for r in traj) / max(len(traj), 1)})  # fmt: skip
     if not traj:
         raise ValueError(

@@ -214,23 +214,26 @@ def trajectory(row: dict, plan: tuple[str, ...], world: World, env: SearchEnv, c
         return messages, images
     if row["kind"] != "text_only":
         if plan[0] == "image_search":
-            say("image_search", f"I do not recognise this {noun}, so I search the image.")
+            say("image_search", image_search_reason(row))
             obs = env.search()
             hits = env.log[-1].get("hits", []) if env.log else []
             if not hits or hits[0] not in (f"Flag of {name}", f"Outline map of {name}"):
                 return "image search top hit is not the entity"
             messages.append({"role": "tool", "name": "search", "content": _strip_images(obs, images)})
             seen.append(f"The search shows the {noun} of {name}.")
+            if fact:
+                seen.append(f"The question asks for its {fact}.")
         else:
             seen.append(f"This is the {noun} of {name}." if view == "flag" else f"This map shows {name}.")
     if plan[-2:-1] == ("text_search",):
-        fact_text = {
-            "capital": "its capital" if row["kind"] != "text_only" else f"the capital of {name}",
-            "continent": "its continent" if row["kind"] != "text_only" else f"the continent of {name}",
-        }[fact]
+        ask = (
+            []
+            if seen and seen[-1].startswith("The question")
+            else [f"The question asks for the {fact} of {name}."]
+        )
         say(
             "text_search",
-            " ".join([*seen, f"I do not know {fact_text}, so I search for it."]),
+            " ".join([*seen, *ask, "I do not know it, so I look it up."]),
             query=_query(fact, name),
         )
         obs = env.text_search(_query(fact, name))
@@ -243,6 +246,37 @@ def trajectory(row: dict, plan: tuple[str, ...], world: World, env: SearchEnv, c
         seen.append(_fact_sentence(fact, name, ent.facts[fact]))
     final_answer(seen)
     return messages, images
+
+
+def image_search_reason(row: dict) -> str:
+    """The reasoning of a first-turn image search: what the question asks, and that the image is unknown."""
+    noun = "map" if row["template"].startswith("outline") else "flag"
+    goal = FACT_OF_TEMPLATE.get(row["template"]) or "country"
+    return f"The question asks for the {goal}. I do not recognise this {noun}, so I search the image."
+
+
+def balance(trajectories: list[dict], n: int | None, weights: dict[str, float], seed: int = 0) -> list[dict]:
+    """A seeded sample of ``n`` trajectories with about ``weights`` shares per plan (what is missing in one
+    plan is filled from the others)."""
+    import random
+
+    rng = random.Random(seed)
+    if n is None or n >= len(trajectories):
+        return list(trajectories)
+    by_plan: dict[str, list[dict]] = {}
+    for t in trajectories:
+        by_plan.setdefault(t["plan"], []).append(t)
+    for v in by_plan.values():
+        rng.shuffle(v)
+    total = sum(weights.get(p, 0.0) for p in by_plan) or 1.0
+    out = []
+    for p, v in by_plan.items():
+        out += v[: int(round(n * weights.get(p, 0.0) / total))]
+    rest = [t for p, v in by_plan.items() for t in v[int(round(n * weights.get(p, 0.0) / total)) :]]
+    rng.shuffle(rest)
+    out = (out + rest)[:n]
+    rng.shuffle(out)
+    return out
 
 
 def _strip_images(blocks, images: list) -> list[dict]:

@@ -24,9 +24,12 @@ from mmsearch_r1 import prompts
 from mmsearch_r1.env import EnvConfig, SearchEnv
 from mmsearch_r1.protocol import count_searches, parse_turn, render_turn, validate_trajectory
 from mmsearch_r1.rewards import exact_match
+from mmsearch_r1.warmstart_data import image_search_reason
 
 _SEARCH_FIRST = {
-    "text_only": lambda row: render_turn("text_search", "I need to look this up.", query=_plain_query(row)),
+    "text_only": lambda row: render_turn(
+        "text_search", "The question asks for a fact I do not know, so I look it up.", query=_plain_query(row)
+    ),
 }
 
 
@@ -45,8 +48,7 @@ def forced_search_turn(row: dict) -> str | None:
         return None
     if row["kind"] == "text_only":
         return _SEARCH_FIRST["text_only"](row)
-    noun = "map" if row["template"].startswith("outline") else "flag"
-    return render_turn("image_search", f"I do not recognise this {noun}, so I search the image.")
+    return render_turn("image_search", image_search_reason(row))
 
 
 def _vision_ids(tokenizer) -> list[int]:
@@ -129,7 +131,10 @@ def _play(model, processor, tok, rows, engines, env_config, force, max_new_token
                 )
             else:
                 e["done"] = True
-    return [{"row": e["row"], "turns": e["turns"], "counters": e["env"].counters} for e in eps]
+    return [
+        {"row": e["row"], "turns": e["turns"], "counters": e["env"].counters, "log": e["env"].log}
+        for e in eps
+    ]
 
 
 def score(episodes: list[dict], needs_search=None) -> dict:
@@ -142,6 +147,7 @@ def score(episodes: list[dict], needs_search=None) -> dict:
         golds = [row["answer"], *(row.get("aliases") or [])]
         rec = {
             "acc": float(bool(final) and final.kind == "answer" and exact_match(final.answer, golds)),
+            "engine_ok": float(ep.get("engine_ok", True)),
             "format": float(validate_trajectory(turns, "strict")[0]),
             "searched": float(sum(count_searches(turns).values()) > 0),
         }
@@ -150,7 +156,18 @@ def score(episodes: list[dict], needs_search=None) -> dict:
         groups[f"kind={row['kind']}"].append(rec)
         if needs_search is not None:
             groups["needs_search" if needs_search(row) else "known"].append(rec)
-    return {
-        g: {"n": len(r), **{k: sum(x[k] for x in r) / len(r) for k in ("acc", "format", "searched")}}
-        for g, r in groups.items()
-    }
+    out = {}
+    for g, r in groups.items():
+        out[g] = {"n": len(r), **{k: sum(x[k] for x in r) / len(r) for k in ("acc", "format", "searched")}}
+        ok = [x for x in r if x["engine_ok"]]
+        if len(ok) < len(r):  # accuracy where the image engine's top hit was the right entity (copy skill)
+            out[g].update(n_engine_ok=len(ok), acc_engine_ok=sum(x["acc"] for x in ok) / max(len(ok), 1))
+    return out
+
+
+def mark_engine_ok(episodes: list[dict], name_of) -> None:
+    """Set ``engine_ok``: no image search ran, or its top hit names the row's entity (``name_of(entity_id)``)."""
+    for ep in episodes:
+        hits = [e.get("hits") for e in ep.get("log", []) if e.get("tool") == "image_search" and e.get("hits")]
+        name = name_of(ep["row"]["entity_id"])
+        ep["engine_ok"] = not hits or hits[0][0] in (f"Flag of {name}", f"Outline map of {name}")
