@@ -141,3 +141,35 @@ def test_short_warm_start_on_tiny_lowers_the_loss(tmp_path):
     m = sft(policy, rows, cfg, tmp_path)
     assert m["sft_steps"] == 12
     assert m["sft_loss_last"] < 0.8 * m["sft_loss_first"]
+
+
+def test_balance_follows_the_weights_and_fills_gaps():
+    from mmsearch_r1.warmstart_data import balance
+
+    traj = [{"plan": "answer", "i": i} for i in range(50)] + [
+        {"plan": "text_search -> answer", "i": i} for i in range(5)
+    ]
+    out = balance(traj, 20, {"answer": 0.5, "text_search -> answer": 0.5}, seed=1)
+    plans = [t["plan"] for t in out]
+    assert len(out) == 20 and plans.count("text_search -> answer") == 5  # all 5, the rest filled with answers
+    assert balance(traj, None, {}) == traj
+
+
+def test_score_counts_accuracy_format_and_searches():
+    from mmsearch_r1.warmstart_eval import score
+
+    row = {"answer": "Lima", "aliases": [], "kind": "text_only"}
+    eps = [
+        {"row": row, "turns": [render_turn("answer", "r", answer="Lima")]},
+        {
+            "row": row,
+            "turns": [render_turn("text_search", "r", query="capital of Peru"), "<answer>Lima</answer>"],
+        },
+        {"row": row, "turns": [render_turn("answer", "r", answer="Cusco")]},
+    ]
+    s = score(eps, needs_search=lambda r: True)
+    assert s["all"]["n"] == 3
+    assert s["all"]["acc"] == pytest.approx(2 / 3)
+    assert s["all"]["format"] == pytest.approx(2 / 3)
+    assert s["all"]["searched"] == pytest.approx(1 / 3)
+    assert s["needs_search"] == s["all"]

@@ -146,7 +146,9 @@ def score(episodes: list[dict], needs_search=None) -> dict:
         final = parse_turn(turns[-1]) if turns else None
         golds = [row["answer"], *(row.get("aliases") or [])]
         rec = {
-            "acc": float(bool(final) and final.kind == "answer" and exact_match(final.answer, golds)),
+            "acc": float(
+                final is not None and exact_match(final.answer, golds)
+            ),  # as the reward: format apart
             "engine_ok": float(ep.get("engine_ok", True)),
             "format": float(validate_trajectory(turns, "strict")[0]),
             "searched": float(sum(count_searches(turns).values()) > 0),
