@@ -357,8 +357,9 @@ def run_warmstart(cfg: WarmStartConfig | None = None, *, world=None, pool=None, 
 
 
 def demo_stage(reproduce: bool = False) -> dict:
-    """`make demo`'s warm-start stage: the default run (skipped when ``runs/warmstart/final`` exists)."""
-    cfg = WarmStartConfig()
+    """`make demo`'s warm-start stage: the default run without its own evaluation (the evaluation stage
+    measures the warm-started policy), skipped when ``runs/warmstart/final`` exists."""
+    cfg = WarmStartConfig(eval_rows=0)
     done = Path(cfg.output_dir) / "metrics.json"
     if (Path(cfg.output_dir) / "final" / "config.json").is_file() and done.is_file():
         print(f"warm start: reusing {cfg.output_dir}/final (delete it to retrain)")
