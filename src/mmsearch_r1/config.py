@@ -234,9 +234,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train_top_layers": 8,  # as in the warm start (notebook 02)
         "image_k": 3,  # as in the warm start: the policy was taught on 3 hits
         "text_k": 3,
-        # 8 rollouts per step: on 2 shared cores a step of the (not yet warm-started, rambling) demo policy
-        # took 222-403 s with 8 rollouts and 499-690 s with 16 (benchmarks/bench_train.py), ~75% of it
-        # decoding up to the longest rollout (max_completion_length).
+        # 8 rollouts per step. Measured on 2 shared cores (benchmarks/bench_train.py): a warm-started demo
+        # policy took 50-120 s/step (median 85: generation 28 s, tools 0.2 s, training forward/backward
+        # 57 s; peak RSS 6.0 GB); the un-warm-started one, which rambles to max_completion_length, 222-403 s
+        # (499-690 s with 16 rollouts). 12 steps ~ 17 min: lower max_steps to fit make demo's budget.
         "num_generations": 4,
         "prompts_per_step": 2,
         "steps_per_generation": 1,
