@@ -36,6 +36,7 @@ def test_every_preset_builds_and_cpu_demo_differs():
     for name in PRESETS:
         assert preset(name).preset == name
     demo = preset("cpu_demo")
+    assert preset("cpu_demo", name="run_x").name == "run_x"  # `name` is a field, not the preset
     assert demo.model == "demo-sft" and demo.scale_rewards == "group"
     assert demo.learning_rate != TrainConfig().learning_rate
 

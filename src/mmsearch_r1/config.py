@@ -364,11 +364,11 @@ def _from_dict(data: dict) -> TrainConfig:
     return TrainConfig(**{k: _coerce(k, v, types_[k]) for k, v in data.items()})
 
 
-def preset(name: str = "paper", **overrides) -> TrainConfig:
-    """The named preset (see `PRESETS`) with keyword ``overrides`` applied."""
-    if name not in PRESETS:
-        raise KeyError(f"Unknown preset {name!r}; choose one of {list(PRESETS)}.")
-    return _from_dict({**PRESETS[name], "preset": name, **overrides})
+def preset(preset_name: str = "paper", /, **overrides) -> TrainConfig:
+    """The named preset (see `PRESETS`) with keyword ``overrides`` applied (``name=`` sets the run name)."""
+    if preset_name not in PRESETS:
+        raise KeyError(f"Unknown preset {preset_name!r}; choose one of {list(PRESETS)}.")
+    return _from_dict({**PRESETS[preset_name], "preset": preset_name, **overrides})
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
