@@ -278,7 +278,7 @@ def run_warmstart(cfg: WarmStartConfig | None = None, *, world=None, pool=None, 
     ``output_dir/metrics.json``. ``world``/``pool``/``engines`` default to the offline world's."""
     from mmsearch_r1.policy import load_policy
     from mmsearch_r1.tools.engines import make_engines, world_indexes
-    from mmsearch_r1.warmstart_eval import rollout, score
+    from mmsearch_r1.warmstart_eval import mark_engine_ok, rollout, score
     from mmsearch_r1.world import build_world
 
     cfg = cfg or WarmStartConfig()
@@ -336,16 +336,19 @@ def run_warmstart(cfg: WarmStartConfig | None = None, *, world=None, pool=None, 
         val = _sample(pool["validation"], cfg.eval_rows, cfg.seed)
         needs = lambda row: "search" in " ".join(plan_for(row, visual_known, knowledge))  # noqa: E731
         t0 = time.perf_counter()
-        eps = rollout(policy, val, engines, env_config=cfg.env, batch_size=cfg.eval_batch_size, seed=cfg.seed)
+        kw = {
+            "env_config": cfg.env,
+            "batch_size": cfg.eval_batch_size,
+            "max_new_tokens": cfg.eval_max_new_tokens,
+        }
+        eps = rollout(policy, val, engines, seed=cfg.seed, **kw)
         m["eval_greedy"] = score(eps, needs)
         need_rows = [r for r in val if needs(r)]
-        rag = rollout(
-            policy, need_rows, engines, env_config=cfg.env, force="search", batch_size=cfg.eval_batch_size
-        )
+        rag = rollout(policy, need_rows, engines, force="search", **kw)
+        mark_engine_ok(rag, lambda eid: world.entity(eid).name)
         m["eval_rag_on_unknown"] = score(rag)["all"]
-        sampled = rollout(policy, val, engines, env_config=cfg.env, temperature=1.0, batch_size=cfg.eval_batch_size,
-                          seed=cfg.seed)  # fmt: skip
-        m["eval_t1"] = score(sampled, needs)
+        if cfg.eval_sampled:
+            m["eval_t1"] = score(rollout(policy, val, engines, temperature=1.0, seed=cfg.seed, **kw), needs)
         m["eval_seconds"] = time.perf_counter() - t0
         (out / "eval_examples.json").write_text(json.dumps(
             [{"question": e["row"]["question"], "answer": e["row"]["answer"], "turns": e["turns"],
