@@ -173,3 +173,27 @@ def test_score_counts_accuracy_format_and_searches():
     assert s["all"]["format"] == pytest.approx(2 / 3)
     assert s["all"]["searched"] == pytest.approx(1 / 3)
     assert s["needs_search"] == s["all"]
+
+
+def test_eval_rollout_adapts_the_shared_rollout(tiny):
+    from mmsearch_r1.warmstart_eval import mark_engine_ok, rollout, score
+
+    tok = tiny.tokenizer
+    answer = tok.encode(
+        render_turn("answer", "r", answer="Blandton") + tok.eos_token, add_special_tokens=False
+    )
+    gen = lambda requests: [list(answer) for _ in requests]  # noqa: E731
+    rows = [_row("textual_knowledge", "flag_capital", "country/BB", "Blandton"),
+            _row("textual_knowledge", "flag_capital", "country/AA", "Alton")]  # fmt: skip
+    engines = Engines(image=_Img(), text=_Txt())
+    direct = rollout(tiny, rows, engines, env_config=EnvConfig(image_k=2, text_k=1), generator=gen)
+    assert [len(e["turns"]) for e in direct] == [1, 1] and direct[0]["turns"][0].endswith("</answer>")
+    assert [e["row"]["entity_id"] for e in direct] == ["country/BB", "country/AA"]
+    assert score(direct)["all"] == {"n": 2, "acc": 0.5, "format": 1.0, "searched": 0.0}
+    rag = rollout(tiny, rows, engines, env_config=EnvConfig(image_k=2, text_k=1), method="rag", generator=gen)
+    assert all(e["search_sequence"] == ["image_search", "text_search"] for e in rag)
+    assert rag[0]["turn_records"][0]["scripted"] and len(rag[0]["turns"]) == 3
+    mark_engine_ok(rag, {"country/AA": "Aland", "country/BB": "Bland"}.get)
+    assert [e["engine_ok"] for e in rag] == [True, False]  # the fake engine's top hit is always Bland
+    s = score(rag)["all"]
+    assert s["acc"] == 0.5 and s["searched"] == 1.0 and s["n_engine_ok"] == 1 and s["acc_engine_ok"] == 1.0

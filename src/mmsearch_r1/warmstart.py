@@ -15,7 +15,8 @@ What it does, in order (`run_warmstart`):
    the same rule written for 5.15-5.17);
 6. saves the policy (``output_dir/final``, what ``load_policy("demo-sft")`` reads) and measures it on the
    validation split (`warmstart_eval`): accuracy, strict-format validity, search ratio, and the RAG check
-   (accuracy when the first turn is forced to search) on questions that need a search.
+   (accuracy under the rollout's ``rag`` workflow: image search, text search, answer) on questions that
+   need a search.
 
 With a GPU model id and distilled trajectories the same code is the paper's SFT baseline.
 
@@ -344,7 +345,7 @@ def run_warmstart(cfg: WarmStartConfig | None = None, *, world=None, pool=None, 
         eps = rollout(policy, val, engines, seed=cfg.seed, **kw)
         m["eval_greedy"] = score(eps, needs)
         need_rows = [r for r in val if needs(r)]
-        rag = rollout(policy, need_rows, engines, force="search", **kw)
+        rag = rollout(policy, need_rows, engines, method="rag", **kw)
         mark_engine_ok(rag, lambda eid: world.entity(eid).name)
         m["eval_rag_on_unknown"] = score(rag)["all"]
         if cfg.eval_sampled:

@@ -1,140 +1,54 @@
-"""Measure a warm-started policy: batched multi-turn rollouts with the real engines, and their scores.
+"""Measure a warm-started policy: multi-turn rollouts with the real engines, and their scores.
 
-What it does: `rollout` plays the tag protocol for a batch of question rows with HF ``generate``
-(left-padded batches, the processor's chat template, `SearchEnv` for the tools, the same budgets and
-observations as RL), optionally with a forced first turn (``force="search"`` makes the policy search the
-way the ideal plan would for an entity it does not know: the RAG check). `score` turns the episodes into
-accuracy (exact match), strict-format validity, search ratio, and the same split by whether the ideal
-plan needs a search.
+What it does: `rollout` is a thin adapter over the project's inference rollout
+(`mmsearch_r1.rollout.rollout`: the same prompt, tool loop, budgets and observations as RL, with
+`generation.HFGenerator`) that returns one episode per row in the shape `score` reads; ``method="rag"``
+is the RAG check (the rollout's ``rag`` workflow: a scripted image search, then a text search, then the
+policy answers). `score` turns the episodes into accuracy (exact match), strict-format validity, search
+ratio, and the same split by whether the ideal plan needs a search; `mark_engine_ok` flags RAG episodes
+whose image search's top hit was the right entity.
 
-This is a small stand-in written for the warm start's own numbers; the evaluation harness of
-notebook 05 is the project's full rollout (vLLM on GPU, concurrency, every metric).
-
-What it does not: no training, no LLM judge, no concurrency.
+What it does not: no training, no LLM judge, no metrics beyond the warm start's own (`evaluate`).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-import torch
-from tqdm.auto import tqdm
-
-from mmsearch_r1 import prompts
-from mmsearch_r1.env import EnvConfig, SearchEnv
-from mmsearch_r1.protocol import count_searches, parse_turn, render_turn, validate_trajectory
+from mmsearch_r1.env import EnvConfig, make_env_factory
+from mmsearch_r1.generation import HFGenerator, vision_ids
+from mmsearch_r1.processor import image_sizes_of
+from mmsearch_r1.protocol import END_OF_TURN_TOKENS, count_searches, parse_turn, validate_trajectory
 from mmsearch_r1.rewards import exact_match
-from mmsearch_r1.warmstart_data import image_search_reason
-
-_SEARCH_FIRST = {
-    "text_only": lambda row: render_turn(
-        "text_search", "The question asks for a fact I do not know, so I look it up.", query=_plain_query(row)
-    ),
-}
+from mmsearch_r1.rollout import RolloutConfig
+from mmsearch_r1.rollout import rollout as shared_rollout
 
 
-def _plain_query(row: dict) -> str:
-    q = row["question"].rstrip("?")
-    for head in ("What is the capital city of ", "On which continent is "):
-        if q.startswith(head):
-            name = q[len(head) :]
-            return f"capital of {name}" if "capital" in head else f"{name} continent"
-    return q
-
-
-def forced_search_turn(row: dict) -> str | None:
-    """The first turn of a policy that does not know the answer (None for search-free questions)."""
-    if row["kind"] == "search_free":
-        return None
-    if row["kind"] == "text_only":
-        return _SEARCH_FIRST["text_only"](row)
-    return render_turn("image_search", image_search_reason(row))
-
-
-def _vision_ids(tokenizer) -> list[int]:
-    toks = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_pad|>"]
-    unk = tokenizer.unk_token_id
-    return [i for i in tokenizer.convert_tokens_to_ids(toks) if i is not None and i != unk]
-
-
-@torch.no_grad()
-def rollout(policy, rows: list[dict], engines, *, env_config: EnvConfig | None = None, force: str | None = None,
-            max_new_tokens: int = 64, temperature: float = 0.0, batch_size: int = 8, seed: int = 0) -> list[dict]:  # fmt: skip
-    """Play each row to its end; returns one episode dict per row (turns, counters, images used)."""
+def rollout(policy, rows: list[dict], engines, *, env_config: EnvConfig | None = None, method: str = "on_demand",
+            max_new_tokens: int = 64, temperature: float = 0.0, batch_size: int = 8, seed: int = 0,
+            generator=None) -> list[dict]:  # fmt: skip
+    """Play each row to its end with `mmsearch_r1.rollout.rollout`; returns one episode per row: the
+    rollout's record plus ``row`` and ``turns`` (the assistant turn texts; the record's turn dicts are kept
+    as ``turn_records``). ``generator`` replaces the policy's `HFGenerator` (tests)."""
     env_config = env_config or EnvConfig()
-    model, processor = policy.model, policy.processor
-    tok = getattr(processor, "tokenizer", processor)
-    model.eval()
-    side, tok.padding_side = tok.padding_side, "left"
-    torch.manual_seed(seed)
-    episodes = []
-    try:
-        for start in tqdm(range(0, len(rows), batch_size), desc="rollouts"):
-            episodes += _play(model, processor, tok, rows[start : start + batch_size], engines, env_config, force,
-                              max_new_tokens, temperature)  # fmt: skip
-    finally:
-        tok.padding_side = side
-    return episodes
-
-
-def _play(model, processor, tok, rows, engines, env_config, force, max_new_tokens, temperature):
-    eps = []
-    for row in rows:
-        env = SearchEnv(engines, env_config)
-        env.reset(**row)
-        msgs = [{"role": "user", "content": prompts.first_user_content(row["question"])}]
-        eps.append(
-            {"row": row, "env": env, "messages": msgs, "images": [row["image"]], "turns": [], "done": False}
-        )
-    max_turns = env_config.budgets.max_turns
-    for turn_idx in range(max_turns):
-        active = [e for e in eps if not e["done"]]
-        if not active:
-            break
-        texts: dict[int, str] = {}
-        if turn_idx == 0 and force == "search":
-            for i, e in enumerate(active):
-                forced = forced_search_turn(e["row"])
-                if forced is not None:
-                    texts[i] = forced
-        todo = [i for i in range(len(active)) if i not in texts]
-        if todo:
-            prompts_ = [processor.apply_chat_template(active[i]["messages"], add_generation_prompt=True, tokenize=False)
-                        for i in todo]  # fmt: skip
-            images = [im for i in todo for im in active[i]["images"]]
-            batch = processor(text=prompts_, images=images, padding=True, return_tensors="pt")
-            kw = (
-                {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-                if temperature > 0
-                else {"do_sample": False}
-            )
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, suppress_tokens=_vision_ids(tok),
-                                 eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id, **kw)  # fmt: skip
-            n = batch["input_ids"].shape[1]
-            for j, i in enumerate(todo):
-                texts[i] = tok.decode(out[j, n:], skip_special_tokens=True).strip()
-        for i, e in enumerate(active):
-            text = texts[i]
-            e["turns"].append(text)
-            e["messages"].append({"role": "assistant", "content": [{"type": "text", "text": text}]})
-            turn = parse_turn(text)
-            last = turn_idx == max_turns - 1
-            if turn.action == "image_search" and not last:
-                obs = e["env"].search()
-                blocks = obs if isinstance(obs, list) else [{"type": "text", "text": obs}]
-                e["images"] += [b["image"] for b in blocks if b.get("type") == "image"]
-                e["messages"].append({"role": "tool", "name": "search", "content": blocks})
-            elif turn.action == "text_search" and not last:
-                obs = e["env"].text_search(turn.query)
-                e["messages"].append(
-                    {"role": "tool", "name": "text_search", "content": [{"type": "text", "text": obs}]}
-                )
-            else:
-                e["done"] = True
+    processor = policy.processor
+    factory = make_env_factory(engines, config=env_config, sizes=image_sizes_of(processor))
+    cfg = RolloutConfig(method=method, max_new_tokens=max_new_tokens, temperature=temperature,
+                        batch_size=batch_size, seed=seed)  # fmt: skip
+    if generator is None:
+        policy.model.eval()
+        generator = HFGenerator(policy.model, processor, cfg, suppress_tokens=vision_ids(processor))
+    records = shared_rollout(rows, processor, generator, factory, cfg, desc=f"warm-start eval {method}")
     return [
-        {"row": e["row"], "turns": e["turns"], "counters": e["env"].counters, "log": e["env"].log}
-        for e in eps
+        {**rec, "row": row, "turns": [_clean(t["text"]) for t in rec["turns"]], "turn_records": rec["turns"]}
+        for row, rec in zip(rows, records, strict=True)
     ]
+
+
+def _clean(text: str) -> str:
+    for token in END_OF_TURN_TOKENS:
+        text = text.replace(token, "")
+    return text.strip()
 
 
 def score(episodes: list[dict], needs_search=None) -> dict:
@@ -170,6 +84,8 @@ def score(episodes: list[dict], needs_search=None) -> dict:
 def mark_engine_ok(episodes: list[dict], name_of) -> None:
     """Set ``engine_ok``: no image search ran, or its top hit names the row's entity (``name_of(entity_id)``)."""
     for ep in episodes:
-        hits = [e.get("hits") for e in ep.get("log", []) if e.get("tool") == "image_search" and e.get("hits")]
+        hits = [
+            o["hits"] for o in ep.get("observations", []) if o.get("tool") == "image_search" and o.get("hits")
+        ]
         name = name_of(ep["row"]["entity_id"])
         ep["engine_ok"] = not hits or hits[0][0] in (f"Flag of {name}", f"Outline map of {name}")
