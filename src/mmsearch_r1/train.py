@@ -193,20 +193,12 @@ def _load(cfg: TrainConfig):
     )
 
 
-def _vision_ids(processor) -> list[int]:
-    """Ids of the vision placeholder tokens this tokenizer really has (a missing one maps to unk: skip it)."""
-    from mmsearch_r1.tiny import VISION_TOKENS
-
-    tokenizer = getattr(processor, "tokenizer", processor)
-    vocab = tokenizer.get_vocab()
-    return [vocab[t] for t in VISION_TOKENS if t in vocab]
-
-
 def build_trainer(cfg: TrainConfig, *, policy=None, rows=None, engines=None, callbacks=()):
     """The ``TimedGRPOTrainer`` of ``cfg`` plus its parts (policy, dataset, engines, reward function)."""
     from accelerate import PartialState
 
     from mmsearch_r1.env import make_env_factory
+    from mmsearch_r1.generation import vision_ids
     from mmsearch_r1.processor import image_sizes_of
     from mmsearch_r1.protocol import Budgets
     from mmsearch_r1.run_logging import GracefulStop, MetricsLogger, TimedGRPOTrainer
@@ -216,7 +208,7 @@ def build_trainer(cfg: TrainConfig, *, policy=None, rows=None, engines=None, cal
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is used on purpose
     policy = policy or build_policy(cfg)
     args = to_grpo_config(
-        cfg, suppress_tokens=_vision_ids(policy.processor) if cfg.suppress_vision_tokens else None
+        cfg, suppress_tokens=vision_ids(policy.processor) if cfg.suppress_vision_tokens else None
     )
     with PartialState().main_process_first():  # one process builds indexes / world caches
         if rows is None:
