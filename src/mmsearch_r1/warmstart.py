@@ -30,12 +30,13 @@ import random
 import resource
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from mmsearch_r1.env import EnvConfig
+from mmsearch_r1.processor import image_sizes_of
 from mmsearch_r1.vision_align import VisionAlignConfig
 from mmsearch_r1.warmstart_data import (
     ProbeConfig,
@@ -313,7 +314,9 @@ def run_warmstart(cfg: WarmStartConfig | None = None, *, world=None, pool=None, 
         m.update(align_vision(policy.model, policy.processor, world, visual_known, cfg.vision))
     rows = _sample(pool["train"], cfg.max_train_rows, cfg.seed)
     t0 = time.perf_counter()
-    traj, stats = build_trajectories(rows, world, engines, visual_known, knowledge, cfg.env)
+    # thumbnails in the SFT data sized by the policy's own cap, as in its evaluation, RL and curation
+    env = replace(cfg.env, sizes=image_sizes_of(policy.processor))
+    traj, stats = build_trajectories(rows, world, engines, visual_known, knowledge, env)
     collator = ProtocolCollator(policy.processor)
     lengths = [len(collator.encode(r)["input_ids"]) for r in traj]
     traj = [r for r, n in zip(traj, lengths, strict=True) if n <= cfg.max_length]
