@@ -19,6 +19,7 @@ from mmsearch_r1.config import (
     to_grpo_config,
 )
 from mmsearch_r1.run_logging import read_metrics, truncate_metrics
+from mmsearch_r1.tiny import overfit
 from mmsearch_r1.train_data import synthetic_rows, to_trl_dataset
 
 # -- config ------------------------------------------------------------------------------------------
@@ -185,26 +186,6 @@ def test_sigterm_checkpoints_the_current_step_and_stops(tmp_path):
     assert (cfg.run_dir / "checkpoint-1").is_dir()
 
 
-def _overfit(model, processor, conversations, steps=100):
-    import torch
-
-    from mmsearch_r1.chat_template import assistant_token_mask
-
-    batches = []
-    for msgs in conversations:
-        enc = processor.apply_chat_template(msgs, tokenize=True, return_dict=True, return_tensors="pt")
-        mask = torch.tensor([assistant_token_mask(enc["input_ids"][0], processor)])
-        batches.append((enc, enc["input_ids"].masked_fill(mask == 0, -100)))
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for step in range(steps):
-        enc, labels = batches[step % len(batches)]
-        model(**enc, labels=labels).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
-
-
 def test_tool_calls_reach_metrics_samples_and_rollout_images(tmp_path):
     """A tiny policy overfit to 'image search, then answer' trains through train(): the metrics see it."""
     import torch
@@ -231,7 +212,7 @@ def test_tool_calls_reach_metrics_samples_and_rollout_images(tmp_path):
         {"role": "assistant", "content": render_turn("answer", "The results say so.", answer=row["answer"])},
     ]
     model, processor = build_tiny_policy(seed=0)
-    _overfit(model, processor, [msgs])
+    overfit(model, processor, [msgs], steps=100)
     cfg = _tiny(
         tmp_path, max_steps=1, prompts_per_step=1, temperature=0.3, max_completion_length=400, save_steps=10
     )
