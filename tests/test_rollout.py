@@ -138,6 +138,20 @@ def _trl_shell(model, processor, envs, max_turns: int, scripts=SCRIPTS):
     return shell, seen_images
 
 
+def _trl_first_turn(shell, processor, rows):
+    """TRL's own first turn: tokenize the prompts, generate one turn, parse it (its code, unchanged)."""
+    from trl.chat_template_utils import parse_response
+
+    prompts_ = [first_prompt(r) for r in rows]
+    p_ids, images, mm_fields = shell._tokenize_prompts(prompts_)
+    c_ids, _ = shell._generate_single_turn(p_ids, images, mm_fields, 1)
+    completions = [
+        [parse_response(processor.tokenizer, ids, prefix=p_ids[i], tools=shell.tools)]
+        for i, ids in enumerate(c_ids)
+    ]
+    return prompts_, p_ids, images, mm_fields, c_ids, completions
+
+
 def _content_view(content):
     if isinstance(content, str):
         return content
@@ -146,7 +160,6 @@ def _content_view(content):
 
 def test_same_turns_and_observations_as_trl_tool_loop(tiny):
     """TRL's own _tool_call_loop and our rollout, fed the same scripted model outputs, agree exactly."""
-    from trl.chat_template_utils import parse_response
 
     model, processor = tiny
     rows = _rows()
@@ -159,13 +172,7 @@ def test_same_turns_and_observations_as_trl_tool_loop(tiny):
     for env, row in zip(envs, rows, strict=True):
         env.reset(**row)
     shell, seen_images = _trl_shell(model, processor, envs, max_turns)
-    prompts_ = [first_prompt(r) for r in rows]
-    p_ids, images, mm_fields = shell._tokenize_prompts(prompts_)
-    c_ids, _ = shell._generate_single_turn(p_ids, images, mm_fields, 1)
-    completions = [
-        [parse_response(processor.tokenizer, ids, prefix=p_ids[i], tools=shell.tools)]
-        for i, ids in enumerate(c_ids)
-    ]
+    prompts_, p_ids, images, mm_fields, c_ids, completions = _trl_first_turn(shell, processor, rows)
     tool_mask, completions, c_ids, _, n_calls, n_fail, tool_images = shell._tool_call_loop(
         prompts_, p_ids, c_ids, completions, None, images, mm_fields
     )
@@ -280,7 +287,6 @@ NATIVE = {
 
 def test_native_protocol_matches_trl_too():
     """The JSON tool-call protocol (tools listed by the template) also gives TRL's exact tokens and calls."""
-    from trl.chat_template_utils import parse_response
 
     model, processor = build_tiny_policy(protocol="native")
     rows, factory = _rows(NATIVE), make_env_factory(_engines())
@@ -288,13 +294,7 @@ def test_native_protocol_matches_trl_too():
     for env, row in zip(envs, rows, strict=True):
         env.reset(**row)
     shell, _ = _trl_shell(model, processor, envs, 3, NATIVE)
-    prompts_ = [first_prompt(r) for r in rows]
-    p_ids, images, mm_fields = shell._tokenize_prompts(prompts_)
-    c_ids, _ = shell._generate_single_turn(p_ids, images, mm_fields, 1)
-    completions = [
-        [parse_response(processor.tokenizer, ids, prefix=p_ids[i], tools=shell.tools)]
-        for i, ids in enumerate(c_ids)
-    ]
+    prompts_, p_ids, images, mm_fields, c_ids, completions = _trl_first_turn(shell, processor, rows)
     tool_mask, completions, c_ids, *_ = shell._tool_call_loop(
         prompts_, p_ids, c_ids, completions, None, images, mm_fields
     )
