@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.perf_counter()
         print(f"[run] {name}: {what}", flush=True)
-        fn(reproduce=args.reproduce) if args.reproduce else fn()
+        fn(reproduce=args.reproduce)
         done.append((name, time.perf_counter() - t0))
     print("\nReward self-check (the paper's six values):")
     for name, value in reward_table():
