@@ -11,9 +11,10 @@ from PIL import Image
 from mmsearch_r1.env import EnvConfig
 from mmsearch_r1.policy import load_policy
 from mmsearch_r1.protocol import render_turn
+from mmsearch_r1.rollout import RolloutConfig, rag_query
 from mmsearch_r1.tools.types import Engines, ImageHit, TextHit
 from mmsearch_r1.warmstart import ProtocolCollator, WarmStartConfig, freeze_for_sft, sft
-from mmsearch_r1.warmstart_data import build_trajectories, plan_for
+from mmsearch_r1.warmstart_data import RAG_PLAN, build_trajectories, plan_for
 from mmsearch_r1.world import Entity, World
 
 
@@ -128,6 +129,26 @@ def test_trajectories_use_real_tool_results_and_drop_wrong_searches(tmp_path):
     assert "Blandton" in msgs[4]["content"][0]["text"] and msgs[-1]["content"][0]["text"].endswith(
         "<answer>Blandton</answer>")  # fmt: skip
     assert len(out[0]["images"]) == 1 + 2  # question image + two thumbnails, in order
+
+
+def test_rag_shaped_trajectories_use_the_rag_workflows_scripted_turns(tmp_path):
+    world, engines = _world(tmp_path), Engines(image=_Img(), text=_Txt())
+    rows = [_row("text_only", "capital_of", "country/BB", "Blandton")]
+    knowledge = {"country/BB|capital": {"known": False}}
+    out, stats = build_trajectories(
+        rows, world, engines, set(), knowledge, EnvConfig(image_k=2, text_k=1), rag=True
+    )
+    assert [t["plan"] for t in out] == ["text_search -> answer", RAG_PLAN]
+    msgs = json.loads(out[1]["messages"])
+    said = [m["content"][0]["text"] for m in msgs if m["role"] == "assistant"]
+    reasons = RolloutConfig().rag_reasons
+    assert said[0] == render_turn("image_search", reasons[0])  # byte for byte the rollout's scripted turns
+    assert said[1] == render_turn(
+        "text_search", reasons[1], query=rag_query("Flag of Bland", rows[0]["question"])
+    )
+    assert said[2].endswith("<answer>Blandton</answer>") and "The capital of Bland is Blandton." in said[2]
+    plain, _ = build_trajectories(rows, world, engines, set(), knowledge, EnvConfig(image_k=2, text_k=1))
+    assert [t["plan"] for t in plain] == ["text_search -> answer"]  # off by default
 
 
 def test_short_warm_start_on_tiny_lowers_the_loss(tmp_path):

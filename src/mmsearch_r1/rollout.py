@@ -269,10 +269,15 @@ def _scripted_ids(processor, text: str) -> list[int]:
     return tok.encode(text + tok.eos_token, add_special_tokens=False)
 
 
+def rag_query(top_title: str | None, question: str, max_chars: int = 300) -> str:
+    """The RAG workflow's scripted text query: the image search's top title, then the question."""
+    q = " ".join(question.split())
+    return (f"{top_title} {q}" if top_title else q)[:max_chars]
+
+
 def _rag_query(traj: Trajectory) -> str:
     hits = next((e.get("hits") for e in traj.env.log if e["tool"] == "image_search" and e.get("hits")), None)
-    q = " ".join(traj.row["question"].split())
-    return (f"{hits[0]} {q}" if hits else q)[: traj.env.config.max_query_chars]
+    return rag_query(hits[0] if hits else None, traj.row["question"], traj.env.config.max_query_chars)
 
 
 def length_groups(trajs: Sequence[Trajectory], pad_ratio: float = 1.5) -> list[list[Trajectory]]:

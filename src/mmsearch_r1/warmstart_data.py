@@ -33,6 +33,7 @@ from mmsearch_r1 import prompts
 from mmsearch_r1.env import EnvConfig, SearchEnv
 from mmsearch_r1.protocol import render_turn
 from mmsearch_r1.rewards import exact_match, normalize_answer, sub_exact_match
+from mmsearch_r1.rollout import RolloutConfig, rag_query
 from mmsearch_r1.world import World
 
 FACTS = {
@@ -46,6 +47,10 @@ FACT_OF_TEMPLATE = {
 }  # fmt: skip
 """Which fact a question template asks for (templates not listed need none)."""
 NOUN = {"flag": "flag", "outline": "map"}
+RAG_REASONS = RolloutConfig().rag_reasons
+"""The scripted reasons of the RAG workflow (`rollout`), reused by the RAG-shaped trajectories."""
+RAG_PLAN = "rag: image_search -> text_search -> answer"
+"""Plan name of a RAG-shaped trajectory (see `trajectory`)."""
 
 
 @dataclass
@@ -184,8 +189,13 @@ def _query(fact: str, name: str) -> str:
     return f"capital of {name}" if fact == "capital" else f"{name} continent"
 
 
-def trajectory(row: dict, plan: tuple[str, ...], world: World, env: SearchEnv, colour: str | None = None):
-    """Run ``plan`` on ``row`` through ``env`` and write the turns. Returns (messages, images) or a drop reason."""
+def trajectory(row: dict, plan: tuple[str, ...], world: World, env: SearchEnv, colour: str | None = None,
+               rag: bool = False):  # fmt: skip
+    """Run ``plan`` on ``row`` through ``env`` and write the turns. Returns (messages, images) or a drop reason.
+
+    ``rag``: the RAG workflow's shape instead of ``plan`` (`rollout`'s scripted image search, then its
+    scripted text query: top image title + question), then the answer read from the results, so that
+    the policy learns to answer from results however the searches were phrased."""
     eid, template = row["entity_id"], row["template"]
     ent = world.entity(eid)
     name, fact = ent.name, FACT_OF_TEMPLATE.get(template)
@@ -212,20 +222,33 @@ def trajectory(row: dict, plan: tuple[str, ...], world: World, env: SearchEnv, c
     if row["kind"] == "search_free":
         final_answer([])
         return messages, images
-    if row["kind"] != "text_only":
+    if rag:
+        plan = ("image_search", "text_search", "answer")
+    if row["kind"] != "text_only" or rag:
         if plan[0] == "image_search":
-            say("image_search", image_search_reason(row))
+            say("image_search", RAG_REASONS[0] if rag else image_search_reason(row))
             obs = env.search()
             hits = env.log[-1].get("hits", []) if env.log else []
             if not hits or hits[0] not in (f"Flag of {name}", f"Outline map of {name}"):
                 return "image search top hit is not the entity"
             messages.append({"role": "tool", "name": "search", "content": _strip_images(obs, images)})
+            top = hits[0]
             seen.append(f"The search shows the {noun} of {name}.")
             if fact:
                 seen.append(f"The question asks for its {fact}.")
         else:
             seen.append(f"This is the {noun} of {name}." if view == "flag" else f"This map shows {name}.")
-    if plan[-2:-1] == ("text_search",):
+    if rag:
+        query = rag_query(top, row["question"], env.config.max_query_chars)
+        say("text_search", RAG_REASONS[1], query=query)
+        obs = env.text_search(query)
+        golds = [ent.facts[fact], *ent.facts.get(f"{fact}_aliases", [])] if fact else [name]
+        if not any(normalize_answer(g) in normalize_answer(obs.split("</information>")[0]) for g in golds):
+            return "answer not in the text search results"
+        messages.append({"role": "tool", "name": "text_search", "content": [{"type": "text", "text": obs}]})
+        if fact:
+            seen = [f"The results say: {_fact_sentence(fact, name, ent.facts[fact])}"]
+    elif plan[-2:-1] == ("text_search",):
         ask = (
             []
             if seen and seen[-1].startswith("The question")
@@ -292,18 +315,23 @@ def _strip_images(blocks, images: list) -> list[dict]:
 
 
 def build_trajectories(rows, world: World, engines, visual_known: set[str], knowledge: dict[str, dict],
-                       env_config: EnvConfig | None = None) -> tuple[list[dict], Counter]:  # fmt: skip
-    """Trajectories for ``rows`` (dicts in the row schema + entity_id/template) and a Counter of outcomes."""
+                       env_config: EnvConfig | None = None, rag: bool = False) -> tuple[list[dict], Counter]:  # fmt: skip
+    """Trajectories for ``rows`` (dicts in the row schema + entity_id/template) and a Counter of outcomes;
+    ``rag`` adds a RAG-shaped trajectory (plan `RAG_PLAN`) for every row whose plan searches."""
     env = SearchEnv(engines, env_config or EnvConfig())
     out, stats = [], Counter()
     for row in tqdm(rows, desc="trajectories"):
         plan = plan_for(row, visual_known, knowledge)
-        res = trajectory(row, plan, world, env)
-        if isinstance(res, str):
-            stats[f"dropped: {res}"] += 1
-            continue
-        messages, images = res
-        stats[" -> ".join(plan)] += 1
-        out.append({"messages": json.dumps(messages), "images": images, "plan": " -> ".join(plan),
-                    "data_id": row["data_id"], "entity_id": row["entity_id"], "kind": row["kind"]})  # fmt: skip
+        variants = [(" -> ".join(plan), False)]
+        if rag and "search" in variants[0][0]:  # the RAG workflow's shape, for rows that need a search
+            variants.append((RAG_PLAN, True))
+        for name, is_rag in variants:
+            res = trajectory(row, plan, world, env, rag=is_rag)
+            if isinstance(res, str):
+                stats[f"dropped{' (rag)' if is_rag else ''}: {res}"] += 1
+                continue
+            messages, images = res
+            stats[name] += 1
+            out.append({"messages": json.dumps(messages), "images": images, "plan": name,
+                        "data_id": row["data_id"], "entity_id": row["entity_id"], "kind": row["kind"]})  # fmt: skip
     return out, stats
