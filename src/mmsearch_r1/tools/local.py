@@ -1,10 +1,8 @@
 """Offline search engines: image k-NN over a gallery, BM25 (+ optional dense) text search over a corpus.
 
 What it does:
-- `build_image_index(records, out_dir)` embeds a gallery of records ``{image: PIL|path, title, url,
-  text}`` (tqdm), saves float16 embeddings, small thumbnails and the records; `LocalImageEngine.load`
-  reads them back (memory-mapped, lazy thumbnails) and answers `search_image` by brute-force cosine
-  k-NN in numpy, returning `ImageHit(title, url, thumbnail, snippet, score)`.
+- Image search (`build_image_index`, `LocalImageEngine`, `reduce_index`) lives in ``image_index.py``
+  and is re-exported here.
 - `build_text_index(records, out_dir)` indexes records ``{title, url, text}`` with bm25s (title counted
   twice) and saves the documents and document frequencies; `LocalTextEngine.load` reads them back
   (mmap) and answers `search_text` with `TextHit(title, url, summary, score)`, the summary being a
@@ -30,10 +28,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
 from tqdm.auto import tqdm
 
-from .types import ImageHit, SearchError, TextHit
+from .image_index import LocalImageEngine, build_image_index, reduce_index
+from .types import SearchError, TextHit
 
 _WORD = re.compile(r"\w\w+", re.UNICODE)
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
@@ -231,177 +229,5 @@ class LocalTextEngine:
         return await asyncio.to_thread(self.search_text, query, k=k)
 
 
-# ================================================================================================
-# Image
-# ================================================================================================
-def _open(img: Any) -> Image.Image:
-    if isinstance(img, Image.Image):
-        return img
-    if isinstance(img, (str, Path)):
-        return Image.open(img)
-    raise ValueError(f"gallery image must be a PIL image or a file path, got {type(img).__name__}")
-
-
-def build_image_index(
-    records: list[dict],
-    out_dir: str | Path,
-    *,
-    embedder: str = "effnet-lite0",
-    thumb_size: int = 256,
-    batch_size: int = 16,
-    show_progress: bool = True,
-    exact_below: int = 20_000,
-    reduced_dim: int = 256,
-) -> Path:
-    """Embed a gallery ``{image, title, url, text}`` into `out_dir` (embeddings, thumbnails, records).
-
-    Galleries of `exact_below` images or more are projected to `reduced_dim` dimensions (`reduce_index`)
-    so that brute-force search stays fast; smaller ones keep exact features."""
-    out = Path(out_dir)
-    (out / "thumbs").mkdir(parents=True, exist_ok=True)
-    if not records:
-        raise ValueError("cannot build an image index from an empty gallery")
-    from .embed import get_embedder  # torch is imported only when images are embedded
-
-    emb = get_embedder(embedder)
-    meta_records, vecs = [], []
-    bar = tqdm(total=len(records), desc=f"embed gallery ({embedder})", disable=not show_progress)
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        images = []
-        for j, r in enumerate(chunk):
-            if "image" not in r or not r.get("title"):
-                raise ValueError(f"gallery record {start + j} needs 'image' and 'title' fields")
-            im = _open(r["image"]).convert("RGB")
-            images.append(im)
-            th = im.copy()
-            th.thumbnail((thumb_size, thumb_size))
-            name = f"{start + j:06d}.png"
-            th.save(out / "thumbs" / name)
-            meta_records.append(
-                {"title": str(r["title"]), "url": str(r.get("url", "")), "text": str(r.get("text", ""))}
-                | {"thumb": name}
-            )
-        vecs.append(emb.embed(images))
-        bar.update(len(chunk))
-    bar.close()
-    np.save(out / "embeddings.npy", np.concatenate(vecs).astype(np.float16))
-    _write_json(out / "records.json", meta_records)
-    from .embed import FEATURES_VERSION
-
-    meta = {
-        "kind": "image",
-        "embedder": embedder,
-        "n": len(meta_records),
-        "features_version": FEATURES_VERSION,
-    }
-    _write_json(out / "meta.json", meta)
-    if len(meta_records) >= exact_below:
-        reduce_index(out, reduced_dim)
-    return out
-
-
-def reduce_index(index_dir: str | Path, dim: int = 256, sample: int = 2048, seed: int = 0) -> Path:
-    """Project a saved image index to `dim` dimensions with an uncentred PCA fitted on a sample.
-
-    Dot products with gallery vectors are preserved exactly when the gallery spans at most `dim`
-    dimensions, approximately otherwise; the projection is saved as ``proj.npy`` and applied to
-    queries. Replaces ``embeddings.npy`` by the projected float32 vectors."""
-    d = Path(index_dir)
-    emb = np.load(d / "embeddings.npy", mmap_mode="r")
-    if (d / "proj.npy").exists() or emb.shape[1] <= dim:
-        return d
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(len(emb), size=min(sample, len(emb)), replace=False))
-    _, _, vt = np.linalg.svd(np.asarray(emb[idx], dtype=np.float32), full_matrices=False)
-    proj = np.ascontiguousarray(
-        vt[:dim].T.astype(np.float32)
-    )  # (full dim, ≤ dim): fewer when the sample is smaller
-    out = np.lib.format.open_memmap(
-        d / "embeddings.tmp.npy", mode="w+", dtype=np.float32, shape=(len(emb), proj.shape[1])
-    )
-    for i in range(0, len(emb), 16384):
-        out[i : i + 16384] = np.asarray(emb[i : i + 16384], dtype=np.float32) @ proj
-    out.flush()
-    del out, emb
-    np.save(d / "proj.npy", proj)
-    (d / "embeddings.tmp.npy").replace(d / "embeddings.npy")
-    return d
-
-
-class LocalImageEngine:
-    """Cosine k-NN over a saved gallery index; returns thumbnails and titles."""
-
-    name = "local-image"
-
-    def __init__(self, index_dir: Path, emb: np.ndarray, records: list[dict], embedder_name: str, proj=None):
-        self.index_dir, self.emb, self.records, self.embedder_name = index_dir, emb, records, embedder_name
-        self.proj: np.ndarray | None = proj
-        """Query projection (full dim × reduced dim) of a reduced index, else None."""
-        self._embedder = None
-
-    @classmethod
-    def load(cls, index_dir: str | Path) -> LocalImageEngine:
-        d = Path(index_dir)
-        if not (d / "embeddings.npy").exists():
-            raise FileNotFoundError(
-                f"no image index in {d}: build one with mmsearch_r1.tools.local.build_image_index"
-            )
-        meta = json.loads((d / "meta.json").read_text())
-        emb = np.load(d / "embeddings.npy", mmap_mode="r")
-        if emb.shape[0] * emb.shape[1] <= 100_000_000:  # up to ~400 MB as float32: keep in RAM
-            emb = np.asarray(emb, dtype=np.float32)
-        records = json.loads((d / "records.json").read_text())
-        proj = np.load(d / "proj.npy") if (d / "proj.npy").exists() else None
-        return cls(d, emb, records, meta["embedder"], proj)
-
-    @property
-    def embedder(self):
-        if self._embedder is None:
-            from .embed import get_embedder
-
-            self._embedder = get_embedder(self.embedder_name)
-        return self._embedder
-
-    def rank(self, image: Image.Image, k: int = 5) -> list[tuple[int, float]]:
-        q = self.embedder.embed([image])[0].astype(np.float32)
-        if self.proj is not None and q.shape[0] == self.proj.shape[0]:
-            q = q @ self.proj
-        if q.shape[0] != self.emb.shape[1]:
-            raise SearchError(
-                f"image index {self.index_dir} has {self.emb.shape[1]}-d embeddings but the "
-                f"{self.embedder_name} embedder gives {q.shape[0]}-d: rebuild the index",
-                engine=self.name,
-            )
-        if self.emb.dtype == np.float32:
-            sims = self.emb @ q
-        else:  # large float16 index on disk: score in float32 chunks (numpy has no fast f16 matmul)
-            step = 16384
-            sims = np.concatenate(
-                [
-                    np.asarray(self.emb[i : i + step], dtype=np.float32) @ q
-                    for i in range(0, len(self.emb), step)
-                ]
-            )
-        k = min(k, len(sims))
-        top = np.argpartition(-sims, k - 1)[:k]
-        top = top[np.argsort(-sims[top])]
-        return [(int(i), float(sims[i])) for i in top]
-
-    def search_image(self, image: Image.Image, *, k: int = 5) -> list[ImageHit]:
-        if not isinstance(image, Image.Image):
-            raise SearchError(f"image search needs a PIL image, got {type(image).__name__}", engine=self.name)
-        hits = []
-        for i, score in self.rank(image, k):
-            r = self.records[i]
-            thumb = Image.open(self.index_dir / "thumbs" / r["thumb"])
-            thumb.load()
-            hits.append(
-                ImageHit(
-                    title=r["title"], url=r["url"], thumbnail=thumb, snippet=r["text"][:300], score=score
-                )
-            )
-        return hits
-
-    async def asearch_image(self, image: Image.Image, *, k: int = 5) -> list[ImageHit]:
-        return await asyncio.to_thread(self.search_image, image, k=k)
+__all__ = ["LocalImageEngine", "LocalTextEngine", "build_image_index", "build_text_index", "extractive_summary",
+           "reduce_index", "tokenize"]  # fmt: skip
