@@ -36,6 +36,7 @@ from mmsearch_r1.tools.local import (
     build_text_index,
     extractive_summary,
     reduce_index,
+    split_sentences,
     tokenize,
 )
 from mmsearch_r1.tools.types import ImageHit, ImageSearchEngine, SearchError, TextHit, TextSearchEngine
@@ -359,6 +360,16 @@ def test_text_search_edge_cases(text_index, tmp_path):
         build_text_index([], tmp_path / "x", show_progress=False)
     with pytest.raises(ValueError, match="mode"):
         LocalTextEngine.load(text_index, mode="magic")
+
+
+def test_sentences_do_not_end_at_abbreviations():
+    text = "The capital of Grenada is St. George's. Also known as: U.S. Virgin Islands. Mt. Fuji is high."
+    assert split_sentences(text) == [
+        "The capital of Grenada is St. George's.",
+        "Also known as: U.S. Virgin Islands.",
+        "Mt. Fuji is high.",
+    ]
+    assert "St. George's" in extractive_summary("Grenada is an island. " + text, "capital of Grenada")
 
 
 def test_extractive_summary_prefers_query_sentences_in_page_order():

@@ -215,6 +215,12 @@ class TrainConfig:
         return _from_dict({**self.to_dict(), **changes})
 
 
+DEMO_IMAGE_K = 1
+"""Image hits the CPU demo policy sees (warm start, curation, RL, evaluation). One: the local image search
+puts the right entity first on every world query (recall@1 1.0, benchmarks/bench_image_recall.py), and
+each thumbnail is 16 tokens that the demo's untrained vision tower turns into noise for its 135M LM."""
+DEMO_TEXT_K = 2
+"""Text pages the CPU demo policy sees: short results are what a 135M model copies from reliably."""
 DEMO_DATASET = "data/generated/world_train.parquet"
 """The search-balanced world training set notebook 01 writes (curated to ~32% search-free)."""
 
@@ -232,8 +238,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "dataset": DEMO_DATASET,
         "engine": "local",
         "train_top_layers": 8,  # as in the warm start (notebook 02)
-        "image_k": 3,  # as in the warm start: the policy was taught on 3 hits
-        "text_k": 3,
+        "image_k": DEMO_IMAGE_K,  # as in the warm start (the policy was taught on these)
+        "text_k": DEMO_TEXT_K,
         # 8 rollouts per step. Measured on 2 shared cores (benchmarks/bench_train.py): a warm-started demo
         # policy took 50-120 s/step (median 85: generation 28 s, tools 0.2 s, training forward/backward
         # 57 s; peak RSS 6.0 GB); the un-warm-started one, which rambles to max_completion_length, 222-403 s

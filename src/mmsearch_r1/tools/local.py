@@ -35,6 +35,21 @@ from .types import SearchError, TextHit
 
 _WORD = re.compile(r"\w\w+", re.UNICODE)
 _SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
+_ABBREV = re.compile(r"(?:\b(?:St|Ste|Mt|Ft|Pt|Dr|Mr|Mrs|Ms|No|Jr|Sr|Gen|Gov|Rev|Co|Inc|Ltd|vs|[A-Z])\.)$")
+"""A piece ending with one of these did not end a sentence ("St. George's", "U.S. Virgin Islands")."""
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of ``text``: split after . ! ? before a capital, except after common abbreviations."""
+    out: list[str] = []
+    for piece in (p.strip() for p in _SENT.split(text.strip())):
+        if not piece:
+            continue
+        if out and _ABBREV.search(out[-1]):
+            out[-1] = f"{out[-1]} {piece}"
+        else:
+            out.append(piece)
+    return out
 
 
 def _stopwords() -> frozenset[str]:
@@ -62,7 +77,7 @@ def extractive_summary(
     """Query-focused extract: the lead sentence plus the best-matching sentences, in page order.
 
     A sentence scores the summed idf of the distinct query words it contains (idf 1 when unknown)."""
-    sents = [s.strip() for s in _SENT.split(text.strip()) if s.strip()]
+    sents = split_sentences(text)
     if not sents:
         return ""
     q = set(tokenize(query))
