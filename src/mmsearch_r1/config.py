@@ -243,7 +243,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # 8 rollouts per step. Measured on 2 shared cores (benchmarks/bench_train.py): a warm-started demo
         # policy took 50-120 s/step (median 85: generation 28 s, tools 0.2 s, training forward/backward
         # 57 s; peak RSS 6.0 GB); the un-warm-started one, which rambles to max_completion_length, 222-403 s
-        # (499-690 s with 16 rollouts). 12 steps ~ 17 min: lower max_steps to fit make demo's budget.
+        # (499-690 s with 16 rollouts). 10 steps, to fit make demo's 30-minute budget.
         "num_generations": 4,
         "prompts_per_step": 2,
         "steps_per_generation": 1,
@@ -254,7 +254,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "loss_type": "dapo",
         "scale_rewards": "group",
         "max_completion_length": 640,
-        "max_steps": 12,
+        "max_steps": 10,
         "save_steps": 4,
         "bf16": "false",
         "gradient_checkpointing": "false",

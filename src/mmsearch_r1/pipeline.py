@@ -38,8 +38,8 @@ class DataStageConfig:
     """Prior knowledge boundary of the pool: the n most populous countries count as known."""
     policy: str = "demo-sft"
     """Policy that curates (`policy.load_policy`): the warm-started CPU demo policy."""
-    curation_questions: int = 32
-    """Training-pool questions to curate (seeded sample). The demo's 12 GRPO steps of 2 prompts see 24;
+    curation_questions: int = 24
+    """Training-pool questions to curate (seeded sample). The demo's 10 GRPO steps of 2 prompts see 20;
     a rollout of the demo policy costs about 2-5 s on 2 cores, so curation is the demo's dearest stage
     per question (2 x k rollouts each)."""
     k: int = 2
