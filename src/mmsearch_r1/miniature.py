@@ -203,7 +203,7 @@ def run_config(cfg: MiniatureConfig, name: str, penalty: float, split: str = "rl
     """The `TrainConfig` of one miniature GRPO run (see the module docstring)."""
     from mmsearch_r1.config import TrainConfig
 
-    return TrainConfig(
+    fields = dict(
         name=f"miniature_{name}", output_dir=str(Path(cfg.runs_dir) / f"miniature_{name}"), seed=cfg.seed,
         model=str(cfg.sft_dir), dtype="float32", dataset=str(cfg.questions_dir), dataset_split=split,
         engine="local", index_dir=str(cfg.index_dir), max_turns=2, image_budget=0, text_budget=1, image_k=1,
@@ -212,8 +212,9 @@ def run_config(cfg: MiniatureConfig, name: str, penalty: float, split: str = "rl
         learning_rate=cfg.grpo_lr, lr_scheduler_type="constant", weight_decay=0.0, beta=0.0, loss_type="dapo",
         scale_rewards="group", temperature=1.0, max_completion_length=cfg.max_completion_length,
         max_steps=cfg.grpo_steps, save_steps=100_000, resume="never", log_samples=cfg.prompts_per_step * cfg.num_generations,
-        bf16="false", gradient_checkpointing="false", **changes,
+        bf16="false", gradient_checkpointing="false",
     )  # fmt: skip
+    return TrainConfig(**{**fields, **changes})
 
 
 def category_curve(run_dir: str | Path, categories: dict[str, str]) -> list[dict]:
@@ -386,6 +387,16 @@ def reproduce_stage(
         print(f"[{'PASS' if c['pass'] else 'FAIL'}] {c['target']}: {c['value']}")
     print(f"[miniature] total {summary['total_seconds'] / 60:.1f} min; summary in {out / 'summary.json'}")
     return summary
+
+
+def demo_stage(reproduce: bool = False, **changes) -> dict | None:
+    """``make reproduce``'s miniature stage (skipped by ``make demo``): `reproduce_stage` with ``changes``."""
+    if not reproduce:
+        print(
+            "[miniature] skipped: Finding 5's ablations run with make reproduce (python -m mmsearch_r1.miniature)"
+        )
+        return None
+    return reproduce_stage(MiniatureConfig(**changes))
 
 
 SMOKE = {"n_synthetic": 200, "sft_steps": 20, "grpo_steps": 2, "penalties": (0.1, 0.0), "eval_samples": 0,

@@ -9,6 +9,8 @@ What it does (the recipe of ``reference/ondemand_feasibility.md``, ported to thi
   ``search_free`` for known, ``search_required`` for unknown. Saved as a ``save_to_disk`` DatasetDict
   (``TrainConfig.dataset``) with splits ``rl_balanced`` (all known-train + all unknown-train),
   ``rl_unbalanced`` (``unbalanced_known`` known-train + all unknown-train), ``train`` and ``test``.
+  (A folder rather than a parquet file: it keeps the splits and the extra columns ``entity``, ``known``,
+  ``split`` together, and `mmsearch_r1.train_data.load_rows` reads it with ``dataset_split``.)
 - The search index (`mmsearch_r1.tools.local`, BM25): one fact sentence "The capital of X is Y." per real
   entity plus one per SYNTHETIC entity (names and capitals sampled from character-trigram models of the
   real ones): the synthetic facts are the warm start's copy exercises and the real run's distractors.
@@ -19,8 +21,8 @@ What it does (the recipe of ``reference/ondemand_feasibility.md``, ported to thi
   hidden 128, 4 layers, FFN 512) with the tiny byte-level tokenizer (no merges, so names are copied
   byte by byte) plus ADDED tokens for every constant string of the protocol (system prompt, the
   first-turn instructions of `mmsearch_r1.prompts`, the tags, the reasons, the constant parts of a
-  text-search observation). The chat template is the project's tag template, unchanged; a full search
-  trajectory is ~100 tokens instead of ~700.
+  text-search observation). The chat template is the project's tag template, unchanged; a whole search
+  trajectory is 100-230 tokens (the constant text alone is ~1,000 characters, one token per byte without them).
 - `sft_examples(...)`: warm-start trajectories rendered exactly as TRL builds them at RL time (prompt ids
   of `mmsearch_r1.conversation`, generated-turn ids, the tool suffix of a real `SearchEnv` observation),
   with a loss mask: KNOWN = direct answers and search->answer (all assistant tokens); UNKNOWN =
