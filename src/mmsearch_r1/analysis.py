@@ -304,6 +304,8 @@ def discover(runs_dir: str | Path = "runs") -> dict[str, list[Run]]:
     """Run folders under ``runs_dir``: ``train`` (with metrics.jsonl) and ``eval`` (with eval.json)."""
     out: dict[str, list[Run]] = {"train": [], "eval": []}
     for path in sorted(Path(runs_dir).glob("*/")):
+        if path.name.startswith("miniature"):  # the miniature's own figures: `miniature_figures`
+            continue
         run = load_run(path)
         if run.metrics:
             out["train"].append(run)
