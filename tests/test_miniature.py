@@ -165,7 +165,6 @@ def test_summarize_records_by_category():
     assert s["search_free"]["search_ratio"] == 0.0 and s["search_required"]["accuracy"] == 0.0
 
 
-@pytest.mark.slow
 def test_two_step_run_end_to_end(tmp_path):
     """Warm start (a few steps), 2 GRPO steps through train.train, evaluation, eval.json and the curve."""
     import json

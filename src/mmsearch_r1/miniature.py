@@ -9,7 +9,8 @@ What it does (``python -m mmsearch_r1.miniature`` or `reproduce_stage()`), follo
    TRL's SFTTrainer cannot take a per-token mask that hides the capital after a search.
 3. GRPO runs through `mmsearch_r1.train.train` (TRL ``GRPOTrainer`` + `SearchEnv` + `trl_rewards`), one
    `TrainConfig` each (`run_config`): 8 prompts x 8 rollouts per step, lr 1e-4 constant, beta 0, loss
-   ``dapo``, ``scale_rewards="group"``, T=1, 2 turns (one text search, no image search), 100 steps.
+   ``dapo``, ``scale_rewards="group"``, T=1, 2 turns (one text search, no image search), 200 steps
+   (100 for the unbalanced run).
    Runs: p=0.1 and p=0 on the balanced set, p=0.1 on the unbalanced one, then the frontier penalties.
    Each writes ``runs/miniature_<name>/`` (config.json, metrics.jsonl, samples.jsonl with every rollout
    of every step, so `category_curve` gives the search ratio by category per step) and ``eval.json``.
@@ -374,7 +375,8 @@ def reproduce_stage(
         if not fresh and path.is_file():
             records[name] = json.loads(path.read_text())
         else:
-            records[name] = grpo_run(cfg, data, name, penalty, split, before)
+            steps = cfg.unbalanced_steps if split == "rl_unbalanced" else cfg.grpo_steps
+            records[name] = grpo_run(cfg, data, name, penalty, split, before, max_steps=steps)
         times[f"run_{name}"] = time.perf_counter() - t
         checks = finding5_checks(records)  # rewritten after every run: a cut-short stage keeps its results
         summary = {"config": cfg.to_dict(), "warm_start": sft, "before": before, "checks": checks,
@@ -399,7 +401,7 @@ def demo_stage(reproduce: bool = False, **changes) -> dict | None:
     return reproduce_stage(MiniatureConfig(**changes))
 
 
-SMOKE = {"n_synthetic": 200, "sft_steps": 20, "grpo_steps": 2, "penalties": (0.1, 0.0), "eval_samples": 0,
+SMOKE = {"n_synthetic": 200, "sft_steps": 20, "grpo_steps": 2, "unbalanced_steps": 2, "penalties": (0.1, 0.0), "eval_samples": 0,
          "prompts_per_step": 4, "num_generations": 4}  # fmt: skip
 """``--smoke``: every stage on a few steps (a plumbing check, not a result)."""
 
