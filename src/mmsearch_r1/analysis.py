@@ -172,7 +172,8 @@ def final_value(run, key: str = "search_ratio", *, last: int = 10) -> float | No
     return sum(vals) / len(vals) if vals else None
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Save ``fig`` as PNG at ``path`` (folders made), close it, return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -200,7 +201,7 @@ def plot_training_curves(df: pd.DataFrame, path: str | Path, *, title: str = "")
             ax.set_ylim(-0.02, 1.02)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # -- frontier over penalties -----------------------------------------------------------------------------
@@ -245,7 +246,7 @@ def plot_frontier(
     )
     ax.set_ylabel("accuracy")
     ax.set_xlim(-0.02, 1.05)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # -- answer behaviour (Fig. 4b) ------------------------------------------------------------------------
@@ -294,7 +295,7 @@ def plot_behaviour(df: pd.DataFrame, path: str | Path) -> Path:
     ax.set_xlabel("share of answers")
     ax.set_xlim(0, 1)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=2, fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # -- make demo -------------------------------------------------------------------------------------------

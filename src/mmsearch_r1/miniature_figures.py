@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmsearch_r1.analysis import save_figure
+
 PREFIX = "miniature_"
 """Run folders of the miniature start with this."""
 
@@ -77,10 +79,7 @@ def plot_curves(df: pd.DataFrame, path: str | Path) -> Path:
                     height=3.0, aspect=1.4, facet_kws={"sharey": False})  # fmt: skip
     g.set_titles("{col_name}")
     g.figure.suptitle("Miniature GRPO runs (10-step rolling mean of the training rollouts)", y=1.02)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    g.figure.savefig(path, dpi=120, bbox_inches="tight")
-    return path
+    return save_figure(g.figure, path)
 
 
 def _point(ev: dict, method: str, split: str) -> dict | None:
@@ -120,10 +119,7 @@ def plot_frontier(df: pd.DataFrame, path: str | Path) -> Path:
         ax.set_xlim(-0.05, 1.05)
     g.set_titles("{col_name} questions")
     g.figure.suptitle("Miniature: accuracy vs search ratio after RL (greedy)", y=1.03)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    g.figure.savefig(path, dpi=120, bbox_inches="tight")
-    return path
+    return save_figure(g.figure, path)
 
 
 def table(runs: dict[str, dict]) -> pd.DataFrame:
