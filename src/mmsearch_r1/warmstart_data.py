@@ -238,33 +238,24 @@ def trajectory(row: dict, plan: tuple[str, ...], world: World, env: SearchEnv, c
                 seen.append(f"The question asks for its {fact}.")
         else:
             seen.append(f"This is the {noun} of {name}." if view == "flag" else f"This map shows {name}.")
-    if rag:
-        query = rag_query(top, row["question"], env.config.max_query_chars)
-        say("text_search", RAG_REASONS[1], query=query)
+    if rag or plan[-2:-1] == ("text_search",):
+        if rag:
+            reason, query = RAG_REASONS[1], rag_query(top, row["question"], env.config.max_query_chars)
+        else:
+            ask = (
+                []
+                if seen and seen[-1].startswith("The question")
+                else [f"The question asks for the {fact} of {name}."]
+            )
+            reason, query = " ".join([*seen, *ask, "I do not know it, so I look it up."]), _query(fact, name)
+        say("text_search", reason, query=query)
         obs = env.text_search(query)
-        golds = [ent.facts[fact], *ent.facts.get(f"{fact}_aliases", [])] if fact else [name]
+        golds = _fact_gold(world, eid, fact) if fact else [name]
         if not any(normalize_answer(g) in normalize_answer(obs.split("</information>")[0]) for g in golds):
             return "answer not in the text search results"
         messages.append({"role": "tool", "name": "text_search", "content": [{"type": "text", "text": obs}]})
         if fact:
             seen = [f"The results say: {_fact_sentence(fact, name, ent.facts[fact])}"]
-    elif plan[-2:-1] == ("text_search",):
-        ask = (
-            []
-            if seen and seen[-1].startswith("The question")
-            else [f"The question asks for the {fact} of {name}."]
-        )
-        say(
-            "text_search",
-            " ".join([*seen, *ask, "I do not know it, so I look it up."]),
-            query=_query(fact, name),
-        )
-        obs = env.text_search(_query(fact, name))
-        golds = [ent.facts[fact], *ent.facts.get(f"{fact}_aliases", [])]
-        if not any(normalize_answer(g) in normalize_answer(obs.split("</information>")[0]) for g in golds):
-            return "answer not in the text search results"
-        messages.append({"role": "tool", "name": "text_search", "content": [{"type": "text", "text": obs}]})
-        seen = [f"The results say: {_fact_sentence(fact, name, ent.facts[fact])}"]
     elif fact:
         seen.append(_fact_sentence(fact, name, ent.facts[fact]))
     final_answer(seen)
