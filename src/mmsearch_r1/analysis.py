@@ -367,9 +367,7 @@ def _penalty_of(run: Run, runs_dir: Path) -> float | None:
     return json.loads(cfg.read_text()).get("penalty") if cfg.is_file() else None
 
 
-def demo_stage(
-    reproduce: bool = False, runs_dir: str | Path = "runs", figures_dir: str | Path = "figures"
-) -> dict:
+def demo_stage(runs_dir: str | Path = "runs", figures_dir: str | Path = "figures") -> dict:
     """Draw every figure the run folders allow, save them to ``figures_dir`` and print the table."""
     runs_dir, figures_dir = Path(runs_dir), Path(figures_dir)
     found = discover(runs_dir)

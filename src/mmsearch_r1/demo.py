@@ -38,7 +38,12 @@ STAGES: list[tuple[str, str, str, str]] = [
     ("figures", "mmsearch_r1.analysis", "demo_stage", "figures from the run folders"),
 ]
 REPRODUCE_STAGES: list[tuple[str, str, str, str]] = [
-    ("Finding 5", "mmsearch_r1.miniature", "demo_stage", "the miniature's penalty and balance ablations"),
+    (
+        "Finding 5",
+        "mmsearch_r1.miniature",
+        "reproduce_stage",
+        "the miniature's penalty and balance ablations",
+    ),
     ("figures", "mmsearch_r1.miniature_figures", "demo_stage", "the miniature's curves, frontier, table"),
     ("demo figures", "mmsearch_r1.analysis", "demo_stage", "figures of any make demo runs under runs/"),
 ]
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t0 = time.perf_counter()
         print(f"[run] {name}: {what}", flush=True)
-        fn(reproduce=args.reproduce)
+        fn()
         done.append((name, time.perf_counter() - t0))
     print("\nReward self-check (the paper's six values):")
     for name, value in reward_table():

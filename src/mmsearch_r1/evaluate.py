@@ -308,13 +308,12 @@ def _print_rows(result: dict) -> None:
               f"img/q={row['img/q']:.2f} txt/q={row['txt/q']:.2f}")  # fmt: skip
 
 
-def demo_stage(reproduce: bool = False, **changes) -> list[dict]:
+def demo_stage(**changes) -> list[dict]:
     """``make demo``'s evaluation: direct, RAG and on-demand on the world test split with the GRPO policy.
 
-    ``reproduce`` adds on-demand evaluations of the base and warm-start policies (answer-behaviour
-    breakdown) and of every other trained run under ``runs/`` with a ``final/`` folder (the frontier over
-    penalties), on the test split and on the training questions (Finding 5). ``changes`` override
-    `EvalConfig` fields of every evaluation (e.g. ``max_items``).
+    ``changes`` override `EvalConfig` fields (e.g. ``max_items``). The base and warm-start policies'
+    answer-behaviour breakdown needs their own evaluations (notebook 05 with ``policy="demo"`` /
+    ``"demo-sft"``); the penalty ablations are the miniature's (``make reproduce``).
     """
     from mmsearch_r1.config import preset
 
@@ -330,27 +329,9 @@ def demo_stage(reproduce: bool = False, **changes) -> list[dict]:
         policy = next((name for name, path in candidates if path.is_dir()), "demo")
         if policy == "demo":
             print("[eval] no trained or warm-started policy under runs/: evaluating the base demo policy")
-    jobs = [EvalConfig(**{"name": "demo_eval", "policy": policy, **changes})]
-    if reproduce:
-        on_demand = {**changes, "methods": ["on_demand"]}
-        jobs.append(EvalConfig(**{"name": "eval_base", "policy": "demo", **on_demand}))
-        jobs.append(EvalConfig(**{"name": "eval_warmstart", "policy": "demo-sft", **on_demand}))
-        for final in sorted(Path(changes.get("out_dir", "runs")).glob("*/final")):
-            if (final.parent / "metrics.jsonl").is_file():
-                spec = {**changes, "methods": ["rag", "on_demand"], "datasets": ["world:test", "world:train"]}
-                jobs.append(EvalConfig(**{"name": f"eval_{final.parent.name}", "policy": str(final), **spec}))
-    results = []
-    for i, cfg in enumerate(jobs):
-        try:
-            result = evaluate(cfg)
-        except FileNotFoundError as err:
-            if i == 0:
-                raise
-            print(f"[eval] skipped {cfg.name}: {err}")
-            continue
-        _print_rows(result)
-        results.append(result)
-    return results
+    result = evaluate(EvalConfig(**{"name": "demo_eval", "policy": policy, **changes}))
+    _print_rows(result)
+    return [result]
 
 
 def format_trajectory(rec: dict, *, width: int = 300) -> str:

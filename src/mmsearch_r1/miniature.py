@@ -391,16 +391,6 @@ def reproduce_stage(
     return summary
 
 
-def demo_stage(reproduce: bool = False, **changes) -> dict | None:
-    """``make reproduce``'s miniature stage (skipped by ``make demo``): `reproduce_stage` with ``changes``."""
-    if not reproduce:
-        print(
-            "[miniature] skipped: Finding 5's ablations run with make reproduce (python -m mmsearch_r1.miniature)"
-        )
-        return None
-    return reproduce_stage(MiniatureConfig(**changes))
-
-
 SMOKE = {"n_synthetic": 200, "sft_steps": 20, "grpo_steps": 2, "unbalanced_steps": 2, "penalties": (0.1, 0.0), "eval_samples": 0,
          "prompts_per_step": 4, "num_generations": 4}  # fmt: skip
 """``--smoke``: every stage on a few steps (a plumbing check, not a result)."""

@@ -143,9 +143,7 @@ def table(runs: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def demo_stage(
-    reproduce: bool = False, runs_dir: str | Path = "runs", figures_dir: str | Path = "figures"
-) -> dict:
+def demo_stage(runs_dir: str | Path = "runs", figures_dir: str | Path = "figures") -> dict:
     """Draw the miniature's figures and table if its runs exist; returns the paths written."""
     runs = load_runs(runs_dir)
     if not runs:

@@ -9,8 +9,8 @@ What it does:
   the warm-started policy itself: ``k`` sampled rollouts per question without search and ``k`` with
   search (`rollout.curation_rollout_fn`, the same template, parser, `SearchEnv` and budgets as
   training), label, sample to the target free/required ratio, and write the result to the file the
-  ``cpu_demo`` training preset reads (``data/generated/world_train.parquet``). ``reproduce`` also
-  writes an unbalanced set (at most 15 % search-free) for the paper's Finding 5 ablation.
+  ``cpu_demo`` training preset reads (``data/generated/world_train.parquet``). (The unbalanced-data
+  ablation of Finding 5 runs on the miniature: ``make reproduce``.)
 
 Both are thin: every step is a call into `world`, `questions`, `data`, `tools`, `rollout` and
 `curation`. Settings live in `DataStageConfig` and are written beside the data as JSON.
@@ -48,8 +48,6 @@ class DataStageConfig:
     """Sampling temperature of the curation rollouts (the training temperature)."""
     free_ratio: float = 0.32
     """Target share of search-free questions after balancing (paper: about 32 %)."""
-    unbalanced_free_ratio: float = 0.1
-    """Share of search-free questions in the unbalanced ablation set (Finding 5: at most 15 %)."""
     max_new_tokens: int = 96
     """Tokens per assistant turn at most during curation."""
     batch_size: int = 16
@@ -62,7 +60,7 @@ class DataStageConfig:
         return Path(DEMO_DATASET)
 
 
-def world_stage(reproduce: bool = False, config: DataStageConfig | None = None) -> dict:
+def world_stage(config: DataStageConfig | None = None) -> dict:
     """Build the world, its indexes and the pool; write the splits. Returns sizes and timings."""
     from mmsearch_r1 import data, questions
     from mmsearch_r1.tools.engines import world_indexes
@@ -117,7 +115,7 @@ def _curator(cfg: DataStageConfig):
     return curation_rollout_fn(policy.processor, gen, factory, rcfg)
 
 
-def curation_stage(reproduce: bool = False, config: DataStageConfig | None = None) -> dict:
+def curation_stage(config: DataStageConfig | None = None) -> dict:
     """Curate a sample of the training pool with the warm-started policy; write the RL training set."""
     from mmsearch_r1 import data
     from mmsearch_r1.curation import CurationConfig, curate
@@ -136,18 +134,10 @@ def curation_stage(reproduce: bool = False, config: DataStageConfig | None = Non
     )
     stats = dict(result.stats)
     labelled = result.dataset  # every answered question, labelled by the policy's own rollouts
-    outputs = {"balanced": (cfg.train_path, cfg.free_ratio)}
-    if reproduce:
-        outputs["unbalanced"] = (
-            Path(cfg.out_dir) / "world_train_unbalanced.parquet",
-            cfg.unbalanced_free_ratio,
-        )
-    written = {}
-    for name, (path, ratio) in outputs.items():
-        rows = _resample(labelled, ratio, cfg.seed)
-        data.write_fvqa_parquet(rows, path, data_source=f"mmsearch_r1/world_train_{name}")
-        free = sum(c == "search_free" for c in rows["category"])
-        written[name] = {"path": str(path), "rows": len(rows), "search_free": free}
+    rows = _resample(labelled, cfg.free_ratio, cfg.seed)
+    data.write_fvqa_parquet(rows, cfg.train_path, data_source="mmsearch_r1/world_train_balanced")
+    free = sum(c == "search_free" for c in rows["category"])
+    written = {"balanced": {"path": str(cfg.train_path), "rows": len(rows), "search_free": free}}
     summary = {"config": asdict(cfg), "curation": stats, "written": written}
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     Path(cfg.out_dir, "curation.json").write_text(json.dumps(summary, indent=2, default=str))

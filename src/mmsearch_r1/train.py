@@ -315,16 +315,15 @@ def train(
     return TrainResult(cfg.run_dir, cfg, metrics, summary, trainer, resume_from, parts)
 
 
-def demo_stage(reproduce: bool = False, **changes) -> list[TrainResult]:
-    """``make demo``'s GRPO stage: the ``cpu_demo`` preset (penalty 0.1); ``reproduce`` adds penalty 0."""
+def demo_stage(**changes) -> list[TrainResult]:
+    """``make demo``'s GRPO stage: the ``cpu_demo`` preset (penalty 0.1). The penalty and balance
+    ablations run on the miniature (``make reproduce``, `mmsearch_r1.miniature`)."""
     runs = [preset("cpu_demo", **changes)]
     if "dataset" not in changes and not Path(runs[0].dataset).is_file():
         print(
             f"[GRPO] {runs[0].dataset} is missing (notebook 01 writes it): training on the world pool instead"
         )
         runs[0] = runs[0].replace(dataset="world")
-    if reproduce:
-        runs.append(runs[0].replace(name=runs[0].name + "_p0", penalty=0.0))
     results = []
     for cfg in runs:
         result = train(cfg)

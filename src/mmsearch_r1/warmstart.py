@@ -369,7 +369,7 @@ def run_warmstart(cfg: WarmStartConfig | None = None, *, world=None, pool=None, 
     return m
 
 
-def demo_stage(reproduce: bool = False) -> dict:
+def demo_stage() -> dict:
     """`make demo`'s warm-start stage: the default run without its own evaluation (the evaluation stage
     measures the warm-started policy), skipped when ``runs/warmstart/final`` exists."""
     cfg = WarmStartConfig(eval_rows=0)
