@@ -23,3 +23,20 @@ def test_notebook_02_smoke(tmp_path):
     assert metrics["model"] == "tiny" and metrics["sft_steps"] >= 1
     assert {"eval_greedy", "eval_rag_on_unknown"} <= set(metrics)
     assert (run_dir / "final" / "config.json").is_file()
+
+
+def test_notebook_02_defaults_are_the_library_defaults():
+    """`papermill notebooks/02_warmstart.ipynb out.ipynb` (defaults) must train the demo policy that
+    `make demo` trains: every parameter that is a `WarmStartConfig` field has the field's default."""
+    from dataclasses import fields
+
+    from mmsearch_r1.warmstart import WarmStartConfig
+
+    nb = nbformat.read(NB, as_version=4)
+    (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    params: dict = {}
+    exec(cell.source, {}, params)
+    defaults = WarmStartConfig()
+    shared = [f.name for f in fields(WarmStartConfig) if f.name in params]
+    assert len(shared) >= 8
+    assert {k: params[k] for k in shared} == {k: getattr(defaults, k) for k in shared}

@@ -67,6 +67,15 @@ def test_overrides_are_typed():
     assert cfg.bf16 == "true" and cfg.save_total_limit is None
 
 
+def test_cpu_demo_uses_bf16_autocast_where_the_cpu_has_native_bf16():
+    from mmsearch_r1.config import fast_bf16
+
+    demo = preset("cpu_demo")
+    assert demo.bf16 == "auto" and demo.dtype == "float32"  # fp32 weights, bf16 matmuls
+    assert to_grpo_config(demo).bf16 is fast_bf16()
+    assert to_grpo_config(preset("tiny")).bf16 is False  # tests stay in fp32
+
+
 @pytest.mark.parametrize(
     "overrides, error, text",
     [

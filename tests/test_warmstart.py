@@ -164,6 +164,12 @@ def test_short_warm_start_on_tiny_lowers_the_loss(tmp_path):
     assert m["sft_loss_last"] < 0.8 * m["sft_loss_first"]
 
 
+def test_sft_rejects_an_unknown_precision(tmp_path):
+    policy = load_policy("tiny", seed=1)
+    with pytest.raises(ValueError, match="bf16='yes'"):
+        sft(policy, [_example(0)], WarmStartConfig(model="tiny", bf16="yes"), tmp_path)
+
+
 def test_balance_follows_the_weights_and_fills_gaps():
     from mmsearch_r1.warmstart_data import balance
 

@@ -169,7 +169,8 @@ class TrainConfig:
     num_iterations: int = 1
     """Policy updates per rollout batch (GRPO's mu; paper: 1)."""
     bf16: str = "auto"
-    """bf16 mixed precision: ``auto`` (on when a GPU with bf16 is present), ``true``, ``false``."""
+    """bf16 mixed precision: ``auto`` (on with a bf16 GPU, or a CPU with native bf16 matmuls: see
+    `fast_bf16`), ``true``, ``false``."""
     gradient_checkpointing: str = "auto"
     """``auto`` (on with a GPU), ``true``, ``false``."""
     suppress_vision_tokens: bool = True
@@ -237,7 +238,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "dtype": "float32",
         "dataset": DEMO_DATASET,
         "engine": "local",
-        "train_top_layers": 8,  # as in the warm start (notebook 02)
+        "train_top_layers": 8,  # two more than the warm start (notebook 02) trains
         "image_k": DEMO_IMAGE_K,  # as in the warm start (the policy was taught on these)
         "text_k": DEMO_TEXT_K,
         # 8 rollouts per step. Measured on 2 shared cores (benchmarks/bench_train.py): a warm-started demo
@@ -256,7 +257,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_completion_length": 640,
         "max_steps": 10,
         "save_steps": 4,
-        "bf16": "false",
+        "bf16": "auto",  # fp32 weights, bf16 autocast where the CPU has native bf16 matmuls (`fast_bf16`)
         "gradient_checkpointing": "false",
     },
     # Tests and smoke runs: a random tiny Qwen2.5-VL, the synthetic questions and index.
@@ -474,6 +475,20 @@ def _flag(value: str, auto: bool) -> bool:
     return auto if value == "auto" else value == "true"
 
 
+def fast_bf16() -> bool:
+    """Whether bf16 mixed precision pays here: a GPU with bf16, or a CPU whose oneDNN has native bf16
+    matmuls (AVX512-BF16 or AMX). On this project's 2-core AVX512-BF16 machine a 900x576x1536 matmul ran
+    3x faster in bf16 and a demo-policy SFT step (2 x 450 tokens) went from 3.8 to 2.1 s (2 threads)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # older or non-x86 builds
+        return False
+
+
 def world_size() -> int:
     """Processes of this launch (``WORLD_SIZE`` from torchrun/accelerate; 1 otherwise)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -501,7 +516,7 @@ def to_grpo_config(
     from trl import GRPOConfig
 
     gpu = torch.cuda.is_available()
-    bf16 = _flag(cfg.bf16, gpu and torch.cuda.is_bf16_supported())
+    bf16 = _flag(cfg.bf16, fast_bf16())
     generation_kwargs = {"suppress_tokens": list(suppress_tokens)} if suppress_tokens else None
     kwargs: dict[str, Any] = dict(
         output_dir=str(cfg.run_dir),

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from mmsearch_r1.config import DEMO_IMAGE_K, DEMO_TEXT_K
+from mmsearch_r1.config import DEMO_IMAGE_K, DEMO_TEXT_K, fast_bf16
 from mmsearch_r1.env import EnvConfig
 from mmsearch_r1.processor import image_sizes_of
 from mmsearch_r1.vision_align import VisionAlignConfig
@@ -99,6 +99,9 @@ class WarmStartConfig:
     frozen layers below run without autograd, which is most of the CPU saving."""
     train_vision: bool = False
     """Also train the vision tower during SFT."""
+    bf16: str = "auto"
+    """bf16 mixed precision (autocast, fp32 weights) in SFT: ``auto`` (on where matmuls are natively bf16,
+    `mmsearch_r1.config.fast_bf16`), ``true``, ``false``."""
     eval_rows: int | None = 48
     """Validation rows measured after training (seeded sample); 0 skips evaluation."""
     eval_sampled: bool = False
@@ -232,6 +235,8 @@ def sft(policy, rows: list[dict], cfg: WarmStartConfig, output_dir: Path) -> dic
     import datasets
     from trl import SFTConfig, SFTTrainer
 
+    if cfg.bf16 not in ("auto", "true", "false"):
+        raise ValueError(f"WarmStartConfig.bf16={cfg.bf16!r}: use 'auto', 'true' or 'false'")
     collator = ProtocolCollator(policy.processor, cfg.max_length)
     ds = datasets.Dataset.from_list(rows)
     args = SFTConfig(
@@ -251,8 +256,12 @@ def sft(policy, rows: list[dict], cfg: WarmStartConfig, output_dir: Path) -> dic
         max_length=None,
         seed=cfg.seed,
         use_cpu=not torch.cuda.is_available(),
+        bf16=cfg.bf16 == "true" or (cfg.bf16 == "auto" and fast_bf16()),
         dataloader_num_workers=0,
         disable_tqdm=False,
+        # rows with a "length" (tokens, images included): batches of similar lengths, so less padding
+        train_sampling_strategy="group_by_length" if rows and "length" in rows[0] else "random",
+        length_column_name="length",
     )
     trainer = SFTTrainer(model=policy.model, args=args, train_dataset=ds, processing_class=policy.processor,
                          data_collator=collator)  # fmt: skip
@@ -325,7 +334,7 @@ def run_warmstart(cfg: WarmStartConfig | None = None, *, world=None, pool=None, 
     traj, stats = build_trajectories(rows, world, engines, visual_known, knowledge, env, rag=rag)
     collator = ProtocolCollator(policy.processor)
     lengths = [len(collator.encode(r)["input_ids"]) for r in traj]
-    traj = [r for r, n in zip(traj, lengths, strict=True) if n <= cfg.max_length]
+    traj = [{**r, "length": n} for r, n in zip(traj, lengths, strict=True) if n <= cfg.max_length]
     traj = balance(traj, cfg.sft_trajectories, cfg.plan_weights, cfg.seed)
     m.update({"trajectory_seconds": time.perf_counter() - t0, "trajectories": len(traj),
               "trajectory_plans": dict(stats), "sft_plans": dict(Counter(r["plan"] for r in traj)), "trajectory_tokens_mean": sum(lengths) / max(len(lengths), 1),
