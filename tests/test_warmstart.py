@@ -224,3 +224,16 @@ def test_eval_rollout_adapts_the_shared_rollout(tiny):
     assert [e["engine_ok"] for e in rag] == [True, False]  # the fake engine's top hit is always Bland
     s = score(rag)["all"]
     assert s["acc"] == 0.5 and s["searched"] == 1.0 and s["n_engine_ok"] == 1 and s["acc_engine_ok"] == 1.0
+
+
+def test_length_batched_pairs_similar_lengths_in_random_order():
+    from mmsearch_r1.warmstart import length_batched
+
+    rows = [{"length": n, "i": i} for i, n in enumerate([900, 100, 880, 110, 500, 520, 300, 310])]
+    out = length_batched(rows, 2, seed=0)
+    assert sorted(r["i"] for r in out) == list(range(8))  # nothing lost or repeated
+    pairs = [out[k : k + 2] for k in range(0, 8, 2)]
+    assert all(abs(a["length"] - b["length"]) <= 30 for a, b in pairs)  # similar lengths together
+    firsts = [p[0]["length"] for p in pairs]
+    assert firsts != sorted(firsts) and firsts != sorted(firsts, reverse=True)  # not long-to-short
+    assert length_batched(rows, 2, seed=0) == out  # seeded

@@ -233,6 +233,21 @@ class ProtocolCollator:
         return batch
 
 
+def length_batched(rows: list[dict], batch_size: int, seed: int) -> list[dict]:
+    """``rows`` (each with a ``length``) reordered so that every run of ``batch_size`` rows has similar
+    lengths (~25% fewer padded tokens per SFT step here), with the batches in a seeded random order.
+
+    Written by hand because transformers' ``group_by_length`` sampler sorts each megabatch longest first:
+    every ~40 steps ran from the long search trajectories to the short direct answers, and the last,
+    low-learning-rate steps taught only direct answers. Its run (notebook 02's defaults) searched on 7%
+    of the text-only validation questions instead of 60%, and scored 0.74 instead of 0.88 on the RAG check.
+    """
+    order = sorted(range(len(rows)), key=lambda i: rows[i]["length"])
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    random.Random(seed).shuffle(batches)
+    return [rows[i] for batch in batches for i in batch]
+
+
 def sft(policy, rows: list[dict], cfg: WarmStartConfig, output_dir: Path) -> dict:
     """Fine-tune ``policy.model`` in place on trajectory rows with ``trl.SFTTrainer``; returns log metrics."""
     import datasets
@@ -241,6 +256,8 @@ def sft(policy, rows: list[dict], cfg: WarmStartConfig, output_dir: Path) -> dic
     if cfg.bf16 not in ("auto", "true", "false"):
         raise ValueError(f"WarmStartConfig.bf16={cfg.bf16!r}: use 'auto', 'true' or 'false'")
     collator = ProtocolCollator(policy.processor, cfg.max_length)
+    if rows and "length" in rows[0]:
+        rows = length_batched(rows, cfg.batch_size, cfg.seed)
     ds = datasets.Dataset.from_list(rows)
     args = SFTConfig(
         output_dir=str(output_dir / "sft"),
@@ -262,9 +279,8 @@ def sft(policy, rows: list[dict], cfg: WarmStartConfig, output_dir: Path) -> dic
         bf16=cfg.bf16 == "true" or (cfg.bf16 == "auto" and fast_bf16()),
         dataloader_num_workers=0,
         disable_tqdm=False,
-        # rows with a "length" (tokens, images included): batches of similar lengths, so less padding
-        train_sampling_strategy="group_by_length" if rows and "length" in rows[0] else "random",
-        length_column_name="length",
+        # rows with a "length" come in `length_batched` order, which the sequential sampler keeps
+        train_sampling_strategy="sequential" if rows and "length" in rows[0] else "random",
     )
     trainer = SFTTrainer(model=policy.model, args=args, train_dataset=ds, processing_class=policy.processor,
                          data_collator=collator)  # fmt: skip
