@@ -86,8 +86,8 @@ class WarmStartConfig:
         "image_search -> text_search -> answer": 0.25, RAG_PLAN: 0.25})  # fmt: skip
     """Target share of each action sequence among the SFT trajectories (the search share starts at ~80%).
     ``RAG_PLAN`` is the RAG workflow's shape (scripted searches, then the answer from the results), so that
-    the RAG baseline meets turns the policy has seen; most of the copy skill comes from these and the
-    image-then-text trajectories."""
+    the RAG baseline meets turns the policy has seen. This mix with twice the trajectories (25% RAG-shaped,
+    was 10%) took the RAG check from 0.42 to 0.79-0.88; the two changes were not measured apart."""
     max_length: int = 900
     """Longer trajectories (tokens, images included) are left out."""
     epochs: float = 1.0
