@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from mmsearch_r1.config import DEMO_IMAGE_K, DEMO_TEXT_K, fast_bf16
+from mmsearch_r1.config import DEMO_IMAGE_K, DEMO_TEXT_K, _flag, fast_bf16
 from mmsearch_r1.env import EnvConfig
 from mmsearch_r1.processor import image_sizes_of
 from mmsearch_r1.vision_align import VisionAlignConfig
@@ -277,7 +277,7 @@ def sft(policy, rows: list[dict], cfg: WarmStartConfig, output_dir: Path) -> dic
         max_length=None,
         seed=cfg.seed,
         use_cpu=not torch.cuda.is_available(),
-        bf16=cfg.bf16 == "true" or (cfg.bf16 == "auto" and fast_bf16()),
+        bf16=_flag(cfg.bf16, fast_bf16()),
         dataloader_num_workers=0,
         disable_tqdm=False,
         # rows with a "length" come in `length_batched` order, which the sequential sampler keeps
