@@ -238,13 +238,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "dtype": "float32",
         "dataset": DEMO_DATASET,
         "engine": "local",
-        "train_top_layers": 8,  # two more than the warm start (notebook 02) trains
+        "train_top_layers": 8,  # as the warm start (notebook 02) trains
         "image_k": DEMO_IMAGE_K,  # as in the warm start (the policy was taught on these)
         "text_k": DEMO_TEXT_K,
         # 8 rollouts per step. Measured on 2 shared cores (benchmarks/bench_train.py): a warm-started demo
         # policy took 50-120 s/step (median 85: generation 28 s, tools 0.2 s, training forward/backward
         # 57 s; peak RSS 6.0 GB); the un-warm-started one, which rambles to max_completion_length, 222-403 s
-        # (499-690 s with 16 rollouts). 10 steps, to fit make demo's 30-minute budget.
+        # (499-690 s with 16 rollouts). With 2 threads and bf16 (`fast_bf16`) a step took 51-60 s in
+        # `make demo`; 8 steps, to fit its 30-minute budget (10 steps ran it to about 32 minutes).
         "num_generations": 4,
         "prompts_per_step": 2,
         "steps_per_generation": 1,
@@ -255,7 +256,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "loss_type": "dapo",
         "scale_rewards": "group",
         "max_completion_length": 640,
-        "max_steps": 10,
+        "max_steps": 8,
         "save_steps": 4,
         "bf16": "auto",  # fp32 weights, bf16 autocast where the CPU has native bf16 matmuls (`fast_bf16`)
         "gradient_checkpointing": "false",

@@ -38,10 +38,10 @@ class DataStageConfig:
     """Prior knowledge boundary of the pool: the n most populous countries count as known."""
     policy: str = "demo-sft"
     """Policy that curates (`policy.load_policy`): the warm-started CPU demo policy."""
-    curation_questions: int = 20
-    """Training-pool questions to curate (seeded sample). The demo's 10 GRPO steps of 2 prompts see 20;
-    curation is the demo's dearest stage per question (2 x k rollouts each): 24 questions took 260 s of a
-    29 min 41 s `make demo`, so 20 leaves the 30-minute budget a margin of about a minute."""
+    curation_questions: int = 16
+    """Training-pool questions to curate (seeded sample). The demo's 8 GRPO steps of 2 prompts see 16;
+    curation is the demo's dearest stage per question (2 x k rollouts each): 20 questions took 273 s of a
+    `make demo` that, with 10 GRPO steps, would have run about 32 minutes."""
     k: int = 2
     """Sampled rollouts per question and mode (paper: 8; 2 keeps the demo within its budget)."""
     temperature: float = 1.0

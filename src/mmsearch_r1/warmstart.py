@@ -98,9 +98,12 @@ class WarmStartConfig:
     """Gradient accumulation steps."""
     lr: float = 2e-4
     """Peak learning rate (cosine decay, 5% warm-up)."""
-    train_top_layers: int = 6
+    train_top_layers: int = 8
     """Language-model layers trained, counted from the top (-1: all, with the embeddings frozen). The
-    frozen layers below run without autograd, which is most of the CPU saving."""
+    frozen layers below run without autograd, which is most of the CPU saving. 8 of SmolLM2's 30 (as the
+    `cpu_demo` GRPO preset): against 6 on the same recipe, validation accuracy 0.73 vs 0.69, format 0.90
+    vs 0.875, RAG 0.86 vs 0.79, SFT 555 s vs 603 s (one run each, so within the ~9 points of RAG that runs
+    differing only in batch order differ by)."""
     train_vision: bool = False
     """Also train the vision tower during SFT."""
     bf16: str = "auto"
