@@ -244,8 +244,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         # 8 rollouts per step. Measured on 2 shared cores (benchmarks/bench_train.py): a warm-started demo
         # policy took 50-120 s/step (median 85: generation 28 s, tools 0.2 s, training forward/backward
         # 57 s; peak RSS 6.0 GB); the un-warm-started one, which rambles to max_completion_length, 222-403 s
-        # (499-690 s with 16 rollouts). With 2 threads and bf16 (`fast_bf16`) a step took 51-60 s in
-        # `make demo`; 8 steps, to fit its 30-minute budget (10 steps ran it to about 32 minutes).
+        # (499-690 s with 16 rollouts). With 2 threads and bf16 (`fast_bf16`) a step took 23-70 s in
+        # `make demo` (median 49; 303 s for one whose rollout looped to 542 tokens); 8 steps, to fit its
+        # 30-minute budget (27 min 56 s measured; 10 steps ran it to about 32 minutes).
         "num_generations": 4,
         "prompts_per_step": 2,
         "steps_per_generation": 1,

@@ -78,7 +78,7 @@ class WarmStartConfig:
     sft_trajectories: int | None = 320
     """Trajectories kept for SFT, balanced over the action sequences by ``plan_weights``; None: all.
     Measured on 48 validation questions (RAG on the 43 that need a search): 160 trajectories (10% RAG-
-    shaped) accuracy 0.52, RAG 0.42; 320 with these weights 0.73, RAG 0.88 (random order) and 0.69, RAG
+    shaped) accuracy 0.52, RAG 0.42; 320 with these weights (6 layers trained) 0.73, RAG 0.88 (random order) and 0.69, RAG
     0.79 (`length_batched` order); 384 (800 rows) with 30% RAG-shaped and 10% text-only searches 0.60,
     RAG 0.86. The target of 0.9 on the RAG check is not reached (README, warm-start table)."""
     plan_weights: dict = field(default_factory=lambda: {
