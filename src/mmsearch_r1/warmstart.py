@@ -260,7 +260,8 @@ def sft(policy, rows: list[dict], cfg: WarmStartConfig, output_dir: Path) -> dic
     if cfg.bf16 not in ("auto", "true", "false"):
         raise ValueError(f"WarmStartConfig.bf16={cfg.bf16!r}: use 'auto', 'true' or 'false'")
     collator = ProtocolCollator(policy.processor, cfg.max_length)
-    if rows and "length" in rows[0]:
+    batched = bool(rows) and "length" in rows[0]  # lengths known: feed similar lengths together
+    if batched:
         rows = length_batched(rows, cfg.batch_size, cfg.seed)
     ds = datasets.Dataset.from_list(rows)
     args = SFTConfig(
@@ -284,7 +285,7 @@ def sft(policy, rows: list[dict], cfg: WarmStartConfig, output_dir: Path) -> dic
         dataloader_num_workers=0,
         disable_tqdm=False,
         # rows with a "length" come in `length_batched` order, which the sequential sampler keeps
-        train_sampling_strategy="sequential" if rows and "length" in rows[0] else "random",
+        train_sampling_strategy="sequential" if batched else "random",
     )
     trainer = SFTTrainer(model=policy.model, args=args, train_dataset=ds, processing_class=policy.processor,
                          data_collator=collator)  # fmt: skip
