@@ -202,6 +202,21 @@ def test_score_counts_accuracy_format_and_searches():
     assert s["needs_search"] == s["all"]
 
 
+def test_boundary_tables_search_choices_against_what_the_model_knows():
+    from mmsearch_r1.warmstart_eval import boundary
+
+    def ep(entity, searched, acc):
+        return {"row": {"entity_id": entity}, "searched": float(searched), "acc": float(acc)}
+
+    eps = [ep("k", False, True), ep("k", True, True), ep("u", False, False), ep("u", False, True),
+           ep("u", True, True), ep("u", True, False)]  # fmt: skip
+    b = boundary(eps, knows=lambda row: row["entity_id"] == "k")
+    assert b["known"] == {"n": 2, "searched": 0.5, "direct_wrong": 0, "acc": 1.0}
+    assert b["unknown"] == {"n": 4, "searched": 0.5, "direct_wrong": 1, "acc": 0.5}
+    assert b["all"]["n"] == 6 and b["all"]["direct_wrong"] == 1
+    assert b["all"]["acc"] == pytest.approx(4 / 6)
+
+
 def test_eval_rollout_adapts_the_shared_rollout(tiny):
     from mmsearch_r1.warmstart_eval import mark_engine_ok, rollout, score
 

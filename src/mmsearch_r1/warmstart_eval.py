@@ -6,14 +6,16 @@ What it does: `rollout` is a thin adapter over the project's inference rollout
 is the RAG check (the rollout's ``rag`` workflow: a scripted image search, then a text search, then the
 policy answers). `score` turns the episodes into accuracy (exact match), strict-format validity, search
 ratio, and the same split by whether the ideal plan needs a search; `mark_engine_ok` flags RAG episodes
-whose image search's top hit was the right entity.
+whose image search's top hit was the right entity. `boundary` tables how the policy's choice to search
+follows its language model's knowledge; `boundary_check` (``python -m mmsearch_r1.warmstart_eval``) runs
+it on every text-only validation question of the world.
 
 What it does not: no training, no LLM judge, no metrics beyond the warm start's own (`evaluate`).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from mmsearch_r1.env import EnvConfig, make_env_factory
 from mmsearch_r1.generation import HFGenerator, vision_ids
@@ -89,3 +91,61 @@ def mark_engine_ok(episodes: list[dict], name_of) -> None:
         ]
         name = name_of(ep["row"]["entity_id"])
         ep["engine_ok"] = not hits or hits[0][0] in (f"Flag of {name}", f"Outline map of {name}")
+
+
+def boundary(episodes: list[dict], knows) -> dict:
+    """How the choice to search follows the knowledge boundary, from scored episodes (`score` sets ``acc``
+    and ``searched``): for the rows whose fact the base language model knows (``knows(row)``) and those it
+    does not, ``n``, the share ``searched``, ``direct_wrong`` (answered without a search, wrongly: the
+    failure search exists for) and ``acc``."""
+    counts: Counter = Counter()
+    for ep in episodes:
+        side = "known" if knows(ep["row"]) else "unknown"
+        counts[side, bool(ep["searched"]), bool(ep["acc"])] += 1
+    out = {}
+    for side in ("known", "unknown"):
+        n = sum(v for k, v in counts.items() if k[0] == side)
+        out[side] = {
+            "n": n,
+            "searched": sum(v for k, v in counts.items() if k[0] == side and k[1]) / max(n, 1),
+            "direct_wrong": counts[side, False, False],
+            "acc": sum(v for k, v in counts.items() if k[0] == side and k[2]) / max(n, 1),
+        }
+    n = len(episodes)
+    out["all"] = {"n": n, "searched": sum(bool(e["searched"]) for e in episodes) / max(n, 1),
+                  "direct_wrong": counts["known", False, False] + counts["unknown", False, False],
+                  "acc": sum(bool(e["acc"]) for e in episodes) / max(n, 1)}  # fmt: skip
+    return out
+
+
+def boundary_check(policy: str = "runs/warmstart/final", base: str = "demo", split: str = "validation",
+                   kind: str = "text_only") -> dict:  # fmt: skip
+    """`boundary` of ``policy`` (greedy, on-demand) on every ``kind`` question of the world's ``split``,
+    against the knowledge of ``base``'s language model (`warmstart_data.probe_knowledge` with the warm
+    start's probe settings; cached). Validation by default: the test split is for the headline only."""
+    from mmsearch_r1.demo_policy import cache_root
+    from mmsearch_r1.policy import load_policy
+    from mmsearch_r1.questions import QuestionConfig, build_pool
+    from mmsearch_r1.tools.engines import make_engines, world_indexes
+    from mmsearch_r1.warmstart import WarmStartConfig
+    from mmsearch_r1.warmstart_data import plan_for, probe_knowledge
+    from mmsearch_r1.world import build_world
+
+    cfg = WarmStartConfig()
+    world = build_world()
+    rows = [r for r in build_pool(world, QuestionConfig(seed=cfg.seed))[split] if r["kind"] == kind]
+    lm = load_policy(base)
+    knowledge = probe_knowledge(lm.model, lm.tokenizer, world, cfg.probe, cache_dir=cache_root())
+    del lm
+    world_indexes()
+    eps = rollout(load_policy(policy), rows, make_engines(), env_config=cfg.env, batch_size=16,
+                  max_new_tokens=cfg.eval_max_new_tokens)  # fmt: skip
+    score(eps)
+    return boundary(eps, lambda row: "search" not in " ".join(plan_for(row, set(), knowledge)))
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(boundary_check(*sys.argv[1:2]), indent=1))
