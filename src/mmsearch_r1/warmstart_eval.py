@@ -102,19 +102,14 @@ def boundary(episodes: list[dict], knows) -> dict:
     for ep in episodes:
         side = "known" if knows(ep["row"]) else "unknown"
         counts[side, bool(ep["searched"]), bool(ep["acc"])] += 1
-    out = {}
-    for side in ("known", "unknown"):
-        n = sum(v for k, v in counts.items() if k[0] == side)
-        out[side] = {
-            "n": n,
-            "searched": sum(v for k, v in counts.items() if k[0] == side and k[1]) / max(n, 1),
-            "direct_wrong": counts[side, False, False],
-            "acc": sum(v for k, v in counts.items() if k[0] == side and k[2]) / max(n, 1),
-        }
-    n = len(episodes)
-    out["all"] = {"n": n, "searched": sum(bool(e["searched"]) for e in episodes) / max(n, 1),
-                  "direct_wrong": counts["known", False, False] + counts["unknown", False, False],
-                  "acc": sum(bool(e["acc"]) for e in episodes) / max(n, 1)}  # fmt: skip
+    def summary(sides: tuple[str, ...]) -> dict:
+        c = {k: v for k, v in counts.items() if k[0] in sides}
+        n = sum(c.values())
+        return {"n": n, "searched": sum(v for k, v in c.items() if k[1]) / max(n, 1),
+                "direct_wrong": sum(v for k, v in c.items() if not k[1] and not k[2]),
+                "acc": sum(v for k, v in c.items() if k[2]) / max(n, 1)}  # fmt: skip
+
+    out = {"known": summary(("known",)), "unknown": summary(("unknown",)), "all": summary(("known", "unknown"))}
     return out
 
 
