@@ -102,6 +102,7 @@ def boundary(episodes: list[dict], knows) -> dict:
     for ep in episodes:
         side = "known" if knows(ep["row"]) else "unknown"
         counts[side, bool(ep["searched"]), bool(ep["acc"])] += 1
+
     def summary(sides: tuple[str, ...]) -> dict:
         c = {k: v for k, v in counts.items() if k[0] in sides}
         n = sum(c.values())
@@ -109,7 +110,11 @@ def boundary(episodes: list[dict], knows) -> dict:
                 "direct_wrong": sum(v for k, v in c.items() if not k[1] and not k[2]),
                 "acc": sum(v for k, v in c.items() if k[2]) / max(n, 1)}  # fmt: skip
 
-    out = {"known": summary(("known",)), "unknown": summary(("unknown",)), "all": summary(("known", "unknown"))}
+    out = {
+        "known": summary(("known",)),
+        "unknown": summary(("unknown",)),
+        "all": summary(("known", "unknown")),
+    }
     return out
 
 
