@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 
 from mmsearch_r1.chat_template import install_protocol
@@ -87,6 +89,27 @@ def test_refused_calls_are_not_searches_and_text_counts_without_env(tokenizer):
     assert reward(**kwargs, environments=[FakeEnv(image_calls=1, failures=1)]) == [pytest.approx(0.91)]
     assert reward(**kwargs) == [pytest.approx(0.91)]  # no environment: the image-search turn counts
     assert reward.last_parts[0]["image_calls"] == 1
+
+
+def test_rollout_cut_after_a_search_is_counted_and_warned_once(tokenizer):
+    """TRL ends a sample silently when a tool result would pass max_completion_length: the rollout stops
+    on its search turn, scores as a format failure (0, below a wrong answer's 0.1), and GRPO learns to
+    avoid that search. The reward flags it; a search in the last allowed turn is the policy's own fault."""
+    cut = f"{IMG}<|im_end|>{USER}{TXT}<|im_end|>"  # 2 of 3 turns, result dropped: no answer
+    third = f"{IMG}<|im_end|>{USER}{TXT}<|im_end|>{USER}{TXT}<|im_end|>"  # budget spent: not a cut
+    full = f"{IMG}<|im_end|>{USER}{TXT}<|im_end|>{USER}{ANS}<|im_end|>"
+    texts = [cut, third, full, cut]
+    kwargs = dict(prompts=[None] * 4, completions=[[]] * 4, answer=["Rubytown"] * 4, aliases=[[]] * 4)
+    kwargs["completion_ids"] = [ids_of(tokenizer, t) for t in texts]
+    reward, logged = make_reward_func(tokenizer), {}
+    with pytest.warns(UserWarning, match="max_completion_length"):
+        out = reward(**kwargs, environments=[FakeEnv(1, 1)] * 4, log_metric=logged.__setitem__)
+    assert out == pytest.approx([0.0, 0.0, 0.91, 0.0])
+    assert [p["cut_after_search"] for p in reward.last_parts] == [1.0, 0.0, 0.0, 1.0]
+    assert logged["mmsearch/cut_after_search"] == pytest.approx(0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per reward function, not every step
+        reward(**kwargs, environments=[FakeEnv(1, 1)] * 4)
 
 
 @pytest.mark.parametrize(

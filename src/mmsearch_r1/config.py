@@ -256,10 +256,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "beta": 0.0,
         "loss_type": "dapo",
         "scale_rewards": "group",
-        # Model + tool tokens of one rollout. In 38 GRPO steps of the warm-started policy (make demo and a
-        # 30-step run) every rollout that ended did so within 139 tokens; the cap only bounds a looping
-        # one, which at 640 cost its step 150-250 s extra (steps of 195-303 s).
-        "max_completion_length": 256,
+        # Model + tool tokens of one rollout, tool results included: TRL drops a result that would pass
+        # it and ends the rollout there (`trl_rewards.cut_after_search`). An image-then-text trajectory
+        # of the warm-started policy takes 368 tokens (median) and at most 447 (RAG and on-demand
+        # evaluation records, 175 trajectories). At 256 every second search was cut before its
+        # answer and scored 0, below a wrong answer's 0.1, so GRPO unlearned the second search.
+        # A looping rollout (rare) runs to the cap.
+        "max_completion_length": 512,
         "max_steps": 8,
         "save_steps": 4,
         "bf16": "auto",  # fp32 weights, bf16 autocast where the CPU has native bf16 matmuls (`fast_bf16`)

@@ -42,6 +42,7 @@ CANONICAL = {
     "text_calls": "mmsearch/text_calls",
     "tool_failures": "mmsearch/tool_failures",
     "tool_refused": "mmsearch/tool_refused",
+    "cut_after_search": "mmsearch/cut_after_search",
     "turns": "mmsearch/turns",
     "penalty_factor": "mmsearch/penalty_factor",
     "tool_call_frequency": "tools/call_frequency",

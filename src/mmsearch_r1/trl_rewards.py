@@ -17,7 +17,8 @@ contract. For each rollout it
   (``protocol.count_searches``);
 - logs the batch means of the parts through ``log_metric`` (``mmsearch/accuracy``, ``mmsearch/format``,
   ``mmsearch/search_ratio``, ``mmsearch/image_calls``, ``mmsearch/text_calls``, ``mmsearch/tool_failures``,
-  ``mmsearch/tool_refused``, ...).
+  ``mmsearch/tool_refused``, ``mmsearch/cut_after_search``, ...), and warns once when a rollout was cut
+  after a search because TRL dropped its result for length (`cut_after_search`).
 
 What it does not: no reward arithmetic of its own (`rewards` owns the formula), no LLM judge, no
 generation.
@@ -26,6 +27,7 @@ generation.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +39,7 @@ from mmsearch_r1.protocol import (
     TEXT_SEARCH_CLOSE,
     TEXT_SEARCH_OPEN,
     Budgets,
+    parse_turn,
 )
 from mmsearch_r1.rewards import MATCHERS, golds_of, reward_parts
 
@@ -139,6 +142,17 @@ def completion_turns(completion, completion_ids: Sequence[int] | None = None, to
     return [message_to_tag_text(m) for m in completion if m.get("role") == "assistant"]
 
 
+def cut_after_search(turns: Sequence[str], budgets: Budgets) -> bool:
+    """True when a rollout stopped on a search turn with turns left in its budget.
+
+    A search in the last allowed turn is never run (the policy's own mistake); one earlier that still
+    ends the rollout means the loop stopped there: TRL drops a tool result that would push model + tool
+    tokens past ``max_completion_length`` and ends the sample silently (its ``clipped_ratio`` does not
+    count it, because the turn itself ended with an end-of-turn token).
+    """
+    return bool(turns) and len(turns) < budgets.max_turns and parse_turn(turns[-1]).is_search
+
+
 def make_reward_func(processing_class=None, config: RewardConfig | None = None) -> Callable[..., list[float]]:
     """The MMSearch-R1 reward as a TRL reward function (named ``mmsearch`` in TRL's logs).
 
@@ -198,6 +212,7 @@ def make_reward_func(processing_class=None, config: RewardConfig | None = None) 
                     "turns": len(turns),
                     "tool_failures": counters["failures"] if counters else 0,
                     "tool_refused": counters["refused"] if counters else 0,
+                    "cut_after_search": float(cut_after_search(turns, config.budgets)),
                 }
             )
         if log_metric is not None and rows:
@@ -211,10 +226,22 @@ def make_reward_func(processing_class=None, config: RewardConfig | None = None) 
                 ("turns", "turns"),
                 ("tool_failures", "tool_failures"),
                 ("tool_refused", "tool_refused"),
+                ("cut_after_search", "cut_after_search"),
             ):
                 log_metric(f"mmsearch/{name}", sum(r[key] for r in rows) / len(rows))
+        cut = sum(r["cut_after_search"] for r in rows)
+        if cut and not mmsearch.warned_cut:
+            mmsearch.warned_cut = True
+            warnings.warn(
+                f"{cut:.0f} of {len(rows)} rollouts ended right after a search, before the turn budget: "
+                "TRL dropped the search result because model + tool tokens would pass max_completion_length. "
+                "They score as format failures, so GRPO learns to avoid that search. Raise "
+                "max_completion_length above the longest full trajectory (metrics: cut_after_search).",
+                stacklevel=2,
+            )
         mmsearch.last_parts = rows  # the latest batch's parts, for tests and notebooks
         return rewards
 
     mmsearch.last_parts = []
+    mmsearch.warned_cut = False
     return mmsearch
