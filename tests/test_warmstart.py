@@ -252,3 +252,32 @@ def test_length_batched_pairs_similar_lengths_in_random_order():
     firsts = [p[0]["length"] for p in pairs]
     assert firsts != sorted(firsts) and firsts != sorted(firsts, reverse=True)  # not long-to-short
     assert length_batched(rows, 2, seed=0) == out  # seeded
+
+
+def test_supervised_head_loss_equals_trls_loss_with_the_same_gradients(tmp_path):
+    """The CPU speed-up scores only the supervised positions; the loss and its gradients are TRL's own."""
+    import datasets
+    from trl import SFTConfig, SFTTrainer
+
+    from mmsearch_r1.sft_trainer import SupervisedHeadSFTTrainer
+
+    policy = load_policy("tiny", seed=3)
+    freeze_for_sft(policy.model, train_top_layers=1, train_vision=False)
+    args = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, remove_unused_columns=False,
+                     dataset_kwargs={"skip_prepare_dataset": True}, max_length=None)  # fmt: skip
+    collator = ProtocolCollator(policy.processor)
+    batch = collator([_example(1), _example(0), _example(1)])
+    trainer = SupervisedHeadSFTTrainer(model=policy.model, args=args, train_dataset=datasets.Dataset.from_list([_example(0)]),
+                                       processing_class=policy.processor, data_collator=collator)  # fmt: skip
+    policy.model.train()
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    results = []
+    for compute in (SupervisedHeadSFTTrainer.compute_loss, SFTTrainer.compute_loss):
+        policy.model.zero_grad()
+        loss = compute(trainer, trainer.model, dict(batch), num_items_in_batch=torch.tensor(7))
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in params]))
+    (ours, our_grads), (trls, trl_grads) = results
+    assert ours.item() > 0 and torch.allclose(ours, trls, rtol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(our_grads, trl_grads, strict=True))
+    assert trainer._metrics["train"]["mean_token_accuracy"] and trainer._metrics["train"]["entropy"][0] > 0

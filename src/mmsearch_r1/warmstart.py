@@ -8,7 +8,8 @@ What it does, in order (`run_warmstart`):
    parameter: ``visual_known``);
 3. for the demo's new vision tower, teaches it those entities (`vision_align.align_vision`);
 4. builds protocol trajectories for the train split with real tool results (`warmstart_data`);
-5. fine-tunes with ``trl.SFTTrainer`` with the loss on the policy's own tokens only: `ProtocolCollator`
+5. fine-tunes with ``trl.SFTTrainer`` (`sft_trainer.SupervisedHeadSFTTrainer`: the LM head only on the
+   supervised positions, also on CPU) with the loss on the policy's own tokens only: `ProtocolCollator`
    renders each conversation with the chat template's ``{% generation %}`` markers
    (``return_assistant_tokens_mask``), expands the image placeholders, and sets every other label to
    -100 (TRL's own ``assistant_only_loss`` needs transformers >= 5.18 for vision data; this collator is
@@ -258,7 +259,9 @@ def length_batched(rows: list[dict], batch_size: int, seed: int) -> list[dict]:
 def sft(policy, rows: list[dict], cfg: WarmStartConfig, output_dir: Path) -> dict:
     """Fine-tune ``policy.model`` in place on trajectory rows with ``trl.SFTTrainer``; returns log metrics."""
     import datasets
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    from mmsearch_r1.sft_trainer import SupervisedHeadSFTTrainer
 
     if cfg.bf16 not in ("auto", "true", "false"):
         raise ValueError(f"WarmStartConfig.bf16={cfg.bf16!r}: use 'auto', 'true' or 'false'")
@@ -290,7 +293,7 @@ def sft(policy, rows: list[dict], cfg: WarmStartConfig, output_dir: Path) -> dic
         # rows with a "length" come in `length_batched` order, which the sequential sampler keeps
         train_sampling_strategy="sequential" if batched else "random",
     )
-    trainer = SFTTrainer(model=policy.model, args=args, train_dataset=ds, processing_class=policy.processor,
+    trainer = SupervisedHeadSFTTrainer(model=policy.model, args=args, train_dataset=ds, processing_class=policy.processor,
                          data_collator=collator)  # fmt: skip
     t0 = time.perf_counter()
     trainer.train()
