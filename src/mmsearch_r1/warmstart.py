@@ -324,7 +324,7 @@ def run_warmstart(cfg: WarmStartConfig | None = None, *, world=None, pool=None, 
     ``output_dir/metrics.json``. ``world``/``pool``/``engines`` default to the offline world's."""
     from mmsearch_r1.policy import load_policy
     from mmsearch_r1.tools.engines import make_engines, world_indexes
-    from mmsearch_r1.warmstart_eval import mark_engine_ok, rollout, score
+    from mmsearch_r1.warmstart_eval import validate
     from mmsearch_r1.world import build_world
 
     cfg = cfg or WarmStartConfig()
@@ -382,26 +382,9 @@ def run_warmstart(cfg: WarmStartConfig | None = None, *, world=None, pool=None, 
     m["train_seconds"] = time.perf_counter() - t_start
     m["peak_rss_gib_after_train"] = peak_rss_gib()
     if cfg.eval_rows != 0:
-        val = _sample(pool["validation"], cfg.eval_rows, cfg.seed)
         needs = lambda row: "search" in " ".join(plan_for(row, visual_known, knowledge))  # noqa: E731
-        t0 = time.perf_counter()
-        kw = {
-            "env_config": cfg.env,
-            "batch_size": cfg.eval_batch_size,
-            "max_new_tokens": cfg.eval_max_new_tokens,
-        }
-        eps = rollout(policy, val, engines, seed=cfg.seed, **kw)
-        m["eval_greedy"] = score(eps, needs)
-        need_rows = [r for r in val if needs(r)]
-        rag = rollout(policy, need_rows, engines, method="rag", **kw)
-        mark_engine_ok(rag, lambda eid: world.entity(eid).name)
-        m["eval_rag_on_unknown"] = score(rag)["all"]
-        if cfg.eval_sampled:
-            m["eval_t1"] = score(rollout(policy, val, engines, temperature=1.0, seed=cfg.seed, **kw), needs)
-        m["eval_seconds"] = time.perf_counter() - t0
-        (out / "eval_examples.json").write_text(json.dumps(
-            [{"question": e["row"]["question"], "answer": e["row"]["answer"], "turns": e["turns"],
-              "acc": e["acc"], "format": e["format"]} for e in eps[:40]], indent=1))  # fmt: skip
+        m.update(validate(policy, _sample(pool["validation"], cfg.eval_rows, cfg.seed), engines, cfg, needs,
+                          lambda eid: world.entity(eid).name, examples=out / "eval_examples.json"))  # fmt: skip
     m["total_seconds"] = time.perf_counter() - t_start
     m["peak_rss_gib"] = peak_rss_gib()
     (out / "metrics.json").write_text(json.dumps(m, indent=2, default=str))

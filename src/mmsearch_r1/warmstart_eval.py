@@ -8,14 +8,19 @@ policy answers). `score` turns the episodes into accuracy (exact match), strict-
 ratio, and the same split by whether the ideal plan needs a search; `mark_engine_ok` flags RAG episodes
 whose image search's top hit was the right entity. `boundary` tables how the policy's choice to search
 follows its language model's knowledge; `boundary_check` (``python -m mmsearch_r1.warmstart_eval``) runs
-it on every text-only validation question of the world.
+it on every text-only validation question of the world. `validate` is the warm start's own validation
+(greedy accuracy, format, search ratio, the RAG check); `validate_check` (``... --validate``) runs it
+on a saved policy.
 
 What it does not: no training, no LLM judge, no metrics beyond the warm start's own (`evaluate`).
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections import Counter, defaultdict
+from pathlib import Path
 
 from mmsearch_r1.env import EnvConfig, make_env_factory
 from mmsearch_r1.generation import HFGenerator, vision_ids
@@ -118,34 +123,92 @@ def boundary(episodes: list[dict], knows) -> dict:
     return out
 
 
+def validate(policy, rows: list[dict], engines, cfg, needs, name_of, examples: Path | None = None) -> dict:
+    """The warm start's validation (`WarmStartConfig` ``cfg``): greedy on-demand rollouts of ``rows``
+    scored overall and by ``needs(row)`` ("eval_greedy"), the RAG check on the rows that need a search
+    ("eval_rag_on_unknown", with `mark_engine_ok` through ``name_of(entity_id)``), optionally the same at
+    T = 1 ("eval_t1"), and "eval_seconds"; the first 40 episodes go to ``examples`` (JSON) when given."""
+    t0 = time.perf_counter()
+    kw = {"env_config": cfg.env, "batch_size": cfg.eval_batch_size, "max_new_tokens": cfg.eval_max_new_tokens}
+    eps = rollout(policy, rows, engines, seed=cfg.seed, **kw)
+    m = {"eval_greedy": score(eps, needs)}
+    rag = rollout(policy, [r for r in rows if needs(r)], engines, method="rag", **kw)
+    mark_engine_ok(rag, name_of)
+    m["eval_rag_on_unknown"] = score(rag)["all"]
+    if cfg.eval_sampled:
+        m["eval_t1"] = score(rollout(policy, rows, engines, temperature=1.0, seed=cfg.seed, **kw), needs)
+    m["eval_seconds"] = time.perf_counter() - t0
+    if examples is not None:
+        Path(examples).write_text(json.dumps(
+            [{"question": e["row"]["question"], "answer": e["row"]["answer"], "turns": e["turns"],
+              "acc": e["acc"], "format": e["format"]} for e in eps[:40]], indent=1))  # fmt: skip
+    return m
+
+
+def validate_check(policy: str = "runs/warmstart/final", base: str = "demo") -> dict:
+    """`validate` of a saved warm-started ``policy`` with `WarmStartConfig`'s defaults: the same
+    validation questions, knowledge boundary (``base``'s probe, cached) and engines as the warm start's own
+    evaluation, so that a saved policy can be measured again (or one trained with ``eval_rows=0``)."""
+    from mmsearch_r1.policy import load_policy
+    from mmsearch_r1.warmstart import WarmStartConfig, _sample
+    from mmsearch_r1.warmstart_data import plan_for
+
+    cfg = WarmStartConfig()
+    world, pool, knowledge, engines = _world_and_knowledge(base, cfg)
+
+    needs = lambda row: "search" in " ".join(plan_for(row, set(), knowledge))  # noqa: E731
+    rows = _sample(pool["validation"], cfg.eval_rows, cfg.seed)
+    return validate(load_policy(policy), rows, engines, cfg, needs, lambda eid: world.entity(eid).name)
+
+
+def _world_and_knowledge(base: str, cfg):
+    """The world, its question pool, ``base``'s probed knowledge (cached) and the local engines."""
+    from mmsearch_r1.demo_policy import cache_root
+    from mmsearch_r1.policy import load_policy
+    from mmsearch_r1.questions import QuestionConfig, build_pool
+    from mmsearch_r1.tools.engines import make_engines, world_indexes
+    from mmsearch_r1.warmstart_data import probe_knowledge
+    from mmsearch_r1.world import build_world
+
+    world = build_world()
+    pool = build_pool(world, QuestionConfig(seed=cfg.seed))
+    lm = load_policy(base)
+    knowledge = probe_knowledge(lm.model, lm.tokenizer, world, cfg.probe, cache_dir=cache_root())
+    del lm
+    world_indexes()
+    return world, pool, knowledge, make_engines()
+
+
 def boundary_check(policy: str = "runs/warmstart/final", base: str = "demo", split: str = "validation",
                    kind: str = "text_only") -> dict:  # fmt: skip
     """`boundary` of ``policy`` (greedy, on-demand) on every ``kind`` question of the world's ``split``,
     against the knowledge of ``base``'s language model (`warmstart_data.probe_knowledge` with the warm
     start's probe settings; cached). Validation by default: the test split is for the headline only."""
-    from mmsearch_r1.demo_policy import cache_root
     from mmsearch_r1.policy import load_policy
-    from mmsearch_r1.questions import QuestionConfig, build_pool
-    from mmsearch_r1.tools.engines import make_engines, world_indexes
     from mmsearch_r1.warmstart import WarmStartConfig
-    from mmsearch_r1.warmstart_data import plan_for, probe_knowledge
-    from mmsearch_r1.world import build_world
+    from mmsearch_r1.warmstart_data import plan_for
 
     cfg = WarmStartConfig()
-    world = build_world()
-    rows = [r for r in build_pool(world, QuestionConfig(seed=cfg.seed))[split] if r["kind"] == kind]
-    lm = load_policy(base)
-    knowledge = probe_knowledge(lm.model, lm.tokenizer, world, cfg.probe, cache_dir=cache_root())
-    del lm
-    world_indexes()
-    eps = rollout(load_policy(policy), rows, make_engines(), env_config=cfg.env, batch_size=16,
+    world, pool, knowledge, engines = _world_and_knowledge(base, cfg)
+    rows = [r for r in pool[split] if r["kind"] == kind]
+    eps = rollout(load_policy(policy), rows, engines, env_config=cfg.env, batch_size=16,
                   max_new_tokens=cfg.eval_max_new_tokens)  # fmt: skip
     score(eps)
     return boundary(eps, lambda row: "search" not in " ".join(plan_for(row, set(), knowledge)))
 
 
 if __name__ == "__main__":
-    import json
-    import sys
+    import argparse
 
-    print(json.dumps(boundary_check(*sys.argv[1:2]), indent=1))
+    parser = argparse.ArgumentParser(
+        prog="python -m mmsearch_r1.warmstart_eval", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "policy", nargs="?", default="runs/warmstart/final", help="a saved policy folder or name"
+    )
+    parser.add_argument(
+        "--validate", action="store_true", help="the warm start's validation, not the boundary"
+    )
+    args = parser.parse_args()
+    check = validate_check if args.validate else boundary_check
+    print(json.dumps(check(args.policy), indent=1))
