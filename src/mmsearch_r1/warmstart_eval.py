@@ -124,10 +124,13 @@ def boundary(episodes: list[dict], knows) -> dict:
 
 
 def validate(policy, rows: list[dict], engines, cfg, needs, name_of, examples: Path | None = None) -> dict:
-    """The warm start's validation (`WarmStartConfig` ``cfg``): greedy on-demand rollouts of ``rows``
-    scored overall and by ``needs(row)`` ("eval_greedy"), the RAG check on the rows that need a search
-    ("eval_rag_on_unknown", with `mark_engine_ok` through ``name_of(entity_id)``), optionally the same at
-    T = 1 ("eval_t1"), and "eval_seconds"; the first 40 episodes go to ``examples`` (JSON) when given."""
+    """The warm start's validation (`WarmStartConfig` ``cfg``) of ``rows``.
+
+    Greedy on-demand rollouts scored overall and by ``needs(row)`` ("eval_greedy"); the RAG check on the
+    rows that need a search ("eval_rag_on_unknown", `mark_engine_ok` through ``name_of(entity_id)``), its
+    misses with their turns ("eval_rag_misses"); optionally the same at T = 1 ("eval_t1"); and
+    "eval_seconds". The first 40 greedy episodes go to ``examples`` (JSON) when given.
+    """
     t0 = time.perf_counter()
     kw = {"env_config": cfg.env, "batch_size": cfg.eval_batch_size, "max_new_tokens": cfg.eval_max_new_tokens}
     eps = rollout(policy, rows, engines, seed=cfg.seed, **kw)
@@ -135,6 +138,8 @@ def validate(policy, rows: list[dict], engines, cfg, needs, name_of, examples: P
     rag = rollout(policy, [r for r in rows if needs(r)], engines, method="rag", **kw)
     mark_engine_ok(rag, name_of)
     m["eval_rag_on_unknown"] = score(rag)["all"]
+    m["eval_rag_misses"] = [{"question": e["row"]["question"], "answer": e["row"]["answer"], "turns": e["turns"]}
+                            for e in rag if not e["acc"]]  # fmt: skip
     if cfg.eval_sampled:
         m["eval_t1"] = score(rollout(policy, rows, engines, temperature=1.0, seed=cfg.seed, **kw), needs)
     m["eval_seconds"] = time.perf_counter() - t0
