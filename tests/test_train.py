@@ -280,9 +280,24 @@ def test_resume_refuses_a_run_with_other_settings(tmp_path):
 
     old = _tiny(tmp_path)
     (old.run_dir / "checkpoint-1").mkdir(parents=True)
+    (old.run_dir / "checkpoint-1" / "trainer_state.json").write_text("{}")
     (old.run_dir / "config.json").write_text(json.dumps(old.to_dict()))
     with pytest.raises(ValueError, match="penalty: 0.1 -> 0.0"):
         train(old.replace(penalty=0.0))
+
+
+def test_resume_skips_a_checkpoint_cut_off_while_saving(tmp_path):
+    """A full disk or a kill while saving leaves a checkpoint without trainer_state.json (written last)."""
+    from mmsearch_r1.train import find_resume_checkpoint
+
+    cfg = _tiny(tmp_path)
+    for step, complete in ((2, True), (4, True), (6, False), (10, False)):
+        (cfg.run_dir / f"checkpoint-{step}").mkdir(parents=True)
+        if complete:
+            (cfg.run_dir / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    with pytest.warns(UserWarning, match="checkpoint-10 is incomplete"):
+        assert find_resume_checkpoint(cfg) == str(cfg.run_dir / "checkpoint-4")
+    assert find_resume_checkpoint(cfg.replace(resume="never")) is None
 
 
 @pytest.mark.parametrize(

@@ -22,11 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,8 +108,6 @@ def write_run_files(cfg: TrainConfig, *, source: str | None = None, overrides: A
 
 def find_resume_checkpoint(cfg: TrainConfig) -> str | None:
     """The checkpoint to resume from (``resume``: auto / never / a path), or None."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     if cfg.resume == "never":
         return None
     if cfg.resume != "auto":
@@ -116,7 +116,28 @@ def find_resume_checkpoint(cfg: TrainConfig) -> str | None:
         return cfg.resume
     if not cfg.run_dir.is_dir():
         return None
-    return get_last_checkpoint(str(cfg.run_dir))
+    return last_complete_checkpoint(cfg.run_dir)
+
+
+def last_complete_checkpoint(run_dir: Path) -> str | None:
+    """The run folder's newest ``checkpoint-N`` that was written to the end, or None.
+
+    The Trainer writes ``trainer_state.json`` last (after the model, optimizer and RNG states); a
+    checkpoint without it was cut off (a killed run, a full disk) and cannot be resumed, so it is
+    skipped with a warning rather than crashing the resume (transformers' ``get_last_checkpoint`` takes
+    the newest folder whatever its state).
+    """
+    found = sorted(
+        (int(m.group(1)), p)
+        for p in Path(run_dir).iterdir()
+        if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
+    )
+    for _, path in reversed(found):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        warnings.warn(f"{path} is incomplete (no trainer_state.json: the run was cut off while saving); "
+                      "resuming from an earlier checkpoint. Delete it to silence this.", stacklevel=2)  # fmt: skip
+    return None
 
 
 RESUMABLE_CHANGES = {"max_steps", "save_steps", "save_total_limit", "resume", "log_samples", "save_final", "name",
