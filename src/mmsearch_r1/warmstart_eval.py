@@ -150,10 +150,11 @@ def validate(policy, rows: list[dict], engines, cfg, needs, name_of, examples: P
     return m
 
 
-def validate_check(policy: str = "runs/warmstart/final", base: str = "demo") -> dict:
+def validate_check(policy: str = "runs/warmstart/final", base: str = "demo", rows: int | None = 48) -> dict:
     """`validate` of a saved warm-started ``policy`` with `WarmStartConfig`'s defaults: the same
     validation questions, knowledge boundary (``base``'s probe, cached) and engines as the warm start's own
-    evaluation, so that a saved policy can be measured again (or one trained with ``eval_rows=0``)."""
+    evaluation (``rows`` of them, as its ``eval_rows``; None: all 155), so that a saved policy can be measured
+    again (or one trained with ``eval_rows=0``)."""
     from mmsearch_r1.policy import load_policy
     from mmsearch_r1.warmstart import WarmStartConfig, _sample
     from mmsearch_r1.warmstart_data import plan_for
@@ -162,8 +163,8 @@ def validate_check(policy: str = "runs/warmstart/final", base: str = "demo") -> 
     world, pool, knowledge, engines = _world_and_knowledge(base, cfg)
 
     needs = lambda row: "search" in " ".join(plan_for(row, set(), knowledge))  # noqa: E731
-    rows = _sample(pool["validation"], cfg.eval_rows, cfg.seed)
-    return validate(load_policy(policy), rows, engines, cfg, needs, lambda eid: world.entity(eid).name)
+    sample = _sample(pool["validation"], rows, cfg.seed)  # rows=None: every validation question
+    return validate(load_policy(policy), sample, engines, cfg, needs, lambda eid: world.entity(eid).name)
 
 
 def _world_and_knowledge(base: str, cfg):
@@ -214,6 +215,11 @@ if __name__ == "__main__":
     parser.add_argument(
         "--validate", action="store_true", help="the warm start's validation, not the boundary"
     )
+    parser.add_argument(
+        "--all", action="store_true", help="with --validate: every validation question, not 48"
+    )
     args = parser.parse_args()
-    check = validate_check if args.validate else boundary_check
-    print(json.dumps(check(args.policy), indent=1))
+    if args.validate:
+        print(json.dumps(validate_check(args.policy, rows=None if args.all else 48), indent=1))
+    else:
+        print(json.dumps(boundary_check(args.policy), indent=1))
