@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import warnings
 
 import pytest
 from transformers import TrainerCallback
@@ -295,8 +296,10 @@ def test_resume_skips_a_checkpoint_cut_off_while_saving(tmp_path):
         (cfg.run_dir / f"checkpoint-{step}").mkdir(parents=True)
         if complete:
             (cfg.run_dir / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    with pytest.warns(UserWarning, match="checkpoint-10 is incomplete"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         assert find_resume_checkpoint(cfg) == str(cfg.run_dir / "checkpoint-4")
+    assert [str(w.message).split("/")[-1].split(" ")[0] for w in caught] == ["checkpoint-10", "checkpoint-6"]
     assert find_resume_checkpoint(cfg.replace(resume="never")) is None
 
 
