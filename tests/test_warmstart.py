@@ -270,6 +270,7 @@ def test_supervised_head_loss_equals_trls_loss_with_the_same_gradients(tmp_path)
     trainer = SupervisedHeadSFTTrainer(model=policy.model, args=args, train_dataset=datasets.Dataset.from_list([_example(0)]),
                                        processing_class=policy.processor, data_collator=collator)  # fmt: skip
     policy.model.train()
+    assert not trainer._defer(trainer.model, return_outputs=False)  # on CPU it takes its own path
     params = [p for p in policy.model.parameters() if p.requires_grad]
     results = []
     for compute in (SupervisedHeadSFTTrainer.compute_loss, SFTTrainer.compute_loss):

@@ -8,12 +8,14 @@ as TRL does). It logs TRL's ``entropy`` and ``mean_token_accuracy`` from the sam
 Why by hand: TRL 1.16's fused LM head scores only the supervised positions on Triton devices (CUDA,
 XPU); elsewhere it scores every position so that tile shapes stay static for compilers. On the CPU demo
 the loss covers ~20% of a trajectory's tokens (the policy's own turns), and the full head (49,152-word
-vocabulary) with its backward was ~40% of an SFT step: measured on 2 cores with bf16 autocast, a step of
-2 x 450 tokens took 2.5-2.9 s with every position scored and 1.6 s with the supervised ones only. The
+vocabulary) with its backward was half of an SFT step: on 2 cores with bf16 autocast a step of 2 x 450
+tokens took 2.96 s with every position scored and 1.52 s with the supervised ones only
+(``benchmarks/bench_sft_head.py``). The
 loss is the same quantity; only the positions that do not count are skipped.
 
 What it does not: on a Triton device, or with a custom ``compute_loss_func``, label smoothing, a loss
-type other than "nll", sequence parallelism, or ``return_outputs=True``, it defers to TRL's own
+type other than "nll", sequence parallelism, a model wrapped for distributed training (its wrapper's
+forward must run), or ``return_outputs=True``, it defers to TRL's own
 ``compute_loss`` unchanged. No MoE auxiliary loss (the project's policies are dense).
 """
 
@@ -58,6 +60,7 @@ class SupervisedHeadSFTTrainer(SFTTrainer):
             or self.label_smoother is not None
             or self.args.loss_type != "nll"
             or sp
+            or model is not self.accelerator.unwrap_model(model)  # DDP/FSDP/DeepSpeed: keep their forward
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
