@@ -14,7 +14,7 @@ from mmsearch_r1.protocol import render_turn
 from mmsearch_r1.rollout import RolloutConfig, rag_query
 from mmsearch_r1.tools.types import Engines, ImageHit, TextHit
 from mmsearch_r1.warmstart import ProtocolCollator, WarmStartConfig, freeze_for_sft, sft
-from mmsearch_r1.warmstart_data import RAG_PLAN, build_trajectories, plan_for
+from mmsearch_r1.warmstart_data import RAG_PLAN, build_trajectories, needs_search, plan_for
 from mmsearch_r1.world import Entity, World
 
 
@@ -92,6 +92,8 @@ def test_plans_follow_the_knowledge_boundary():
         "text_search", "answer")  # fmt: skip
     assert plan_for(_row("text_only", "capital_of", "country/BB"), seen, known) == ("text_search", "answer")
     assert plan_for(_row("search_free", "flag_colour", answer="red"), set(), {}) == ("answer",)
+    assert not needs_search(_row(), seen, known) and needs_search(_row(eid="country/BB"), seen, known)
+    assert needs_search(_row("text_only", "capital_of", "country/BB"), seen, known)
 
 
 class _Img:

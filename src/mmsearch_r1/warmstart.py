@@ -46,7 +46,7 @@ from mmsearch_r1.warmstart_data import (
     balance,
     build_trajectories,
     knowledge_summary,
-    plan_for,
+    needs_search,
     probe_knowledge,
 )
 
@@ -382,7 +382,7 @@ def run_warmstart(cfg: WarmStartConfig | None = None, *, world=None, pool=None, 
     m["train_seconds"] = time.perf_counter() - t_start
     m["peak_rss_gib_after_train"] = peak_rss_gib()
     if cfg.eval_rows != 0:
-        needs = lambda row: "search" in " ".join(plan_for(row, visual_known, knowledge))  # noqa: E731
+        needs = lambda row: needs_search(row, visual_known, knowledge)  # noqa: E731
         m.update(validate(policy, _sample(pool["validation"], cfg.eval_rows, cfg.seed), engines, cfg, needs,
                           lambda eid: world.entity(eid).name, examples=out / "eval_examples.json"))  # fmt: skip
     m["total_seconds"] = time.perf_counter() - t_start

@@ -181,6 +181,11 @@ def plan_for(row: dict, visual_known: set[str], knowledge: dict[str, dict]) -> t
     return ("image_search", "answer") if knows else ("image_search", "text_search", "answer")
 
 
+def needs_search(row: dict, visual_known: set[str], knowledge: dict[str, dict]) -> bool:
+    """Whether the ideal plan for ``row`` (`plan_for`) searches at all."""
+    return plan_for(row, visual_known, knowledge) != ("answer",)
+
+
 def _fact_sentence(fact: str, name: str, value: str) -> str:
     return FACTS[fact][1].format(name=name) + f" {value}."
 

@@ -150,20 +150,19 @@ def validate(policy, rows: list[dict], engines, cfg, needs, name_of, examples: P
     return m
 
 
-def validate_check(policy: str = "runs/warmstart/final", base: str = "demo", rows: int | None = 48) -> dict:
+def validate_check(policy: str = "runs/warmstart/final", base: str = "demo", all_rows: bool = False) -> dict:
     """`validate` of a saved warm-started ``policy`` with `WarmStartConfig`'s defaults: the same
     validation questions, knowledge boundary (``base``'s probe, cached) and engines as the warm start's own
-    evaluation (``rows`` of them, as its ``eval_rows``; None: all 155), so that a saved policy can be measured
-    again (or one trained with ``eval_rows=0``)."""
+    evaluation (its ``eval_rows`` of them; ``all_rows``: every validation question), so that a saved policy
+    can be measured again (or one trained with ``eval_rows=0``)."""
     from mmsearch_r1.policy import load_policy
     from mmsearch_r1.warmstart import WarmStartConfig, _sample
-    from mmsearch_r1.warmstart_data import plan_for
+    from mmsearch_r1.warmstart_data import needs_search
 
     cfg = WarmStartConfig()
     world, pool, knowledge, engines = _world_and_knowledge(base, cfg)
-
-    needs = lambda row: "search" in " ".join(plan_for(row, set(), knowledge))  # noqa: E731
-    sample = _sample(pool["validation"], rows, cfg.seed)  # rows=None: every validation question
+    needs = lambda row: needs_search(row, set(), knowledge)  # noqa: E731
+    sample = _sample(pool["validation"], None if all_rows else cfg.eval_rows, cfg.seed)
     return validate(load_policy(policy), sample, engines, cfg, needs, lambda eid: world.entity(eid).name)
 
 
@@ -192,7 +191,7 @@ def boundary_check(policy: str = "runs/warmstart/final", base: str = "demo", spl
     start's probe settings; cached). Validation by default: the test split is for the headline only."""
     from mmsearch_r1.policy import load_policy
     from mmsearch_r1.warmstart import WarmStartConfig
-    from mmsearch_r1.warmstart_data import plan_for
+    from mmsearch_r1.warmstart_data import needs_search
 
     cfg = WarmStartConfig()
     world, pool, knowledge, engines = _world_and_knowledge(base, cfg)
@@ -200,7 +199,7 @@ def boundary_check(policy: str = "runs/warmstart/final", base: str = "demo", spl
     eps = rollout(load_policy(policy), rows, engines, env_config=cfg.env, batch_size=16,
                   max_new_tokens=cfg.eval_max_new_tokens)  # fmt: skip
     score(eps)
-    return boundary(eps, lambda row: "search" not in " ".join(plan_for(row, set(), knowledge)))
+    return boundary(eps, lambda row: not needs_search(row, set(), knowledge))
 
 
 if __name__ == "__main__":
@@ -216,10 +215,12 @@ if __name__ == "__main__":
         "--validate", action="store_true", help="the warm start's validation, not the boundary"
     )
     parser.add_argument(
-        "--all", action="store_true", help="with --validate: every validation question, not 48"
+        "--all",
+        action="store_true",
+        help="with --validate: every validation question, not the warm start's sample",
     )
     args = parser.parse_args()
     if args.validate:
-        print(json.dumps(validate_check(args.policy, rows=None if args.all else 48), indent=1))
+        print(json.dumps(validate_check(args.policy, all_rows=args.all), indent=1))
     else:
         print(json.dumps(boundary_check(args.policy), indent=1))
