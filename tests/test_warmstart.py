@@ -14,7 +14,15 @@ from mmsearch_r1.protocol import render_turn
 from mmsearch_r1.rollout import RolloutConfig, rag_query
 from mmsearch_r1.tools.types import Engines, ImageHit, TextHit
 from mmsearch_r1.warmstart import ProtocolCollator, WarmStartConfig, freeze_for_sft, sft
-from mmsearch_r1.warmstart_data import RAG_PLAN, build_trajectories, needs_search, plan_for
+from mmsearch_r1.warmstart_data import (
+    COPY_PREFIX,
+    RAG_PLAN,
+    build_trajectories,
+    copy_exercises,
+    needs_search,
+    plan_for,
+    renamed,
+)
 from mmsearch_r1.world import Entity, World
 
 
@@ -151,6 +159,39 @@ def test_rag_shaped_trajectories_use_the_rag_workflows_scripted_turns(tmp_path):
     assert said[2].endswith("<answer>Blandton</answer>") and "The capital of Bland is Blandton." in said[2]
     plain, _ = build_trajectories(rows, world, engines, set(), knowledge, EnvConfig(image_k=2, text_k=1))
     assert [t["plan"] for t in plain] == ["text_search -> answer"]  # off by default
+
+
+def test_renamed_replaces_whole_names_longest_first_inside_json():
+    text = json.dumps({"t": "Andorra la Vella is in Andorra; Guinea-Bissau and Guinea; Andorran \"Guinea\""})
+    out = json.loads(renamed(text, {"Andorra": "Zorbia", "Andorra la Vella": "Qel", "Guinea": 'Ka"ra'}))
+    assert out["t"] == 'Qel is in Zorbia; Guinea-Bissau and Ka"ra; Andorran "Ka"ra"'
+
+
+def test_copy_exercises_retell_search_trajectories_about_made_up_countries(tmp_path):
+    world, engines = _world(tmp_path), Engines(image=_Img(), text=_Txt())
+    more = (("Norway", "Oslo"), ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Chile", "Santiago"), ("Laos", "Vientiane"),
+            ("Malta", "Valletta"), ("Nepal", "Kathmandu"), ("Ghana", "Accra"), ("Oman", "Muscat"), ("Cuba", "Havana"))  # fmt: skip
+    world = World(tmp_path, world.entities + [Entity(f"country/X{i}", "country", n, [], {"capital": c}, None, "", {})
+                                              for i, (n, c) in enumerate(more)], {})  # fmt: skip
+    with pytest.raises(ValueError, match="too few"):  # two names are too few to make up new ones
+        copy_exercises([{"plan": "text_search -> answer"}], _world(tmp_path), 1)
+    rows = [_row("text_only", "capital_of", "country/BB", "Blandton")]
+    knowledge = {"country/BB|capital": {"known": False}}
+    traj, _ = build_trajectories(rows, world, engines, set(), knowledge, EnvConfig(image_k=2, text_k=1), rag=True)
+    ex = copy_exercises(traj, world, 5, seed=0)
+    assert len(ex) == 2 and {t["plan"] for t in ex} == {COPY_PREFIX + t["plan"] for t in traj}
+    assert copy_exercises(traj, world, 5, seed=0) == ex  # seeded
+    names = {t["entity_id"] for t in ex}
+    assert len(names) == 2 and all(n.startswith("synthetic/") for n in names)
+    for t, orig in zip(sorted(ex, key=lambda t: t["plan"]), sorted(traj, key=lambda t: t["plan"]), strict=True):
+        assert "Bland" not in t["messages"] and t["images"] is orig["images"]  # renamed text, same images
+        msgs = json.loads(t["messages"])
+        final = msgs[-1]["content"][0]["text"]
+        fake = final.split("<answer>")[1].split("</answer>")[0]
+        assert fake not in ("Blandton", "") and f" is {fake}." in final
+        assert f" is {fake}." in msgs[-2]["content"][0]["text"]  # the results say it: copying is the way
+        assert len(msgs) == len(json.loads(orig["messages"]))
+    assert copy_exercises(traj, world, 0) == []
 
 
 def test_short_warm_start_on_tiny_lowers_the_loss(tmp_path):

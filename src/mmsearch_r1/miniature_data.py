@@ -179,13 +179,20 @@ def synthetic_pairs(real: list[dict], n: int, seed: int) -> list[dict]:
     names, caps = Trigram([p["name"] for p in real]), Trigram([p["capital"] for p in real])
     taken = {tuple(sorted(tokenize(p["name"]))) for p in real}  # what BM25 sees of a name
     out: list[dict] = []
-    while len(out) < n:
+    for _ in range(1000 * n + 1000):
+        if len(out) == n:
+            break
         name, cap = names.sample(rng, 24).strip(), caps.sample(rng, 16).strip()
         key = tuple(sorted(tokenize(name)))
         if len(name) < 3 or len(cap) < 3 or not key or key in taken or cap.lower() in name.lower():
             continue
         taken.add(key)
         out.append({"id": f"synthetic/{len(out)}", "name": name, "capital": cap, "aliases": []})
+    if len(out) < n:
+        raise ValueError(
+            f"drew only {len(out)} of {n} new names from a trigram model of {len(real)} real ones: "
+            "too few (or too alike) real names; ask for fewer or give more"
+        )
     return out
 
 

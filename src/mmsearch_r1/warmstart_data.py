@@ -331,3 +331,60 @@ def build_trajectories(rows, world: World, engines, visual_known: set[str], know
             out.append({"messages": json.dumps(messages), "images": images, "plan": name,
                         "data_id": row["data_id"], "entity_id": row["entity_id"], "kind": row["kind"]})  # fmt: skip
     return out, stats
+
+
+# --------------------------------------------------------------------------- copy exercises
+
+COPY_PREFIX = "copy: "
+"""Plan-name prefix of a copy exercise (`copy_exercises`)."""
+
+
+def renamed(messages: str, targets: dict[str, str]) -> str:
+    """``messages`` (JSON) with every whole-word occurrence of each key replaced by its value, longest key
+    first (so "Andorra la Vella" is replaced before "Andorra")."""
+    import re
+
+    keys = sorted((k for k in targets if k), key=len, reverse=True)
+    pattern = re.compile(r"(?<![\w-])(" + "|".join(re.escape(json.dumps(k)[1:-1]) for k in keys) + r")(?![\w-])")
+    escaped = {json.dumps(k)[1:-1]: json.dumps(v)[1:-1] for k, v in targets.items() if k}
+    return pattern.sub(lambda m: escaped[m.group(0)], messages)
+
+
+def copy_exercises(trajectories: list[dict], world: World, n: int, seed: int = 0) -> list[dict]:
+    """``n`` search trajectories re-told about made-up countries: the entity's name, aliases and capital
+    are replaced everywhere (question, reasoning, queries, the engines' results, distractors included) by
+    a name and capital from a character-trigram model of the real ones (`miniature_data.synthetic_pairs`).
+
+    Why: entities are split, so every answer of an SFT trajectory belongs to a train entity, and the
+    policy learns those answers by heart; on a validation entity it then writes a train answer after
+    reading the right one ("The capital of Burundi is Bujumbura." then "Buenos Aires"). A made-up name
+    occurs once, so the only way to its answer is copying from the results. The tool results are the
+    real engines' results, renamed; the images are the real entity's. Each exercise renames a different
+    trajectory (seeded sample of the search trajectories); its plan is ``COPY_PREFIX`` + the original's.
+    """
+    import random
+    import re
+
+    from mmsearch_r1.miniature_data import synthetic_pairs
+
+    if n <= 0:
+        return []
+    rng = random.Random(seed)
+    real = [{"name": e.name, "capital": e.facts.get("capital", "")} for e in world.entities]
+    source = [t for t in trajectories if "search" in t["plan"] and not t["plan"].startswith(COPY_PREFIX)]
+    source = rng.sample(source, min(n, len(source)))
+    fake = synthetic_pairs([r for r in real if r["capital"]], len(source), seed)
+    out = []
+    for t, f in zip(source, fake, strict=True):
+        ent = world.entity(t["entity_id"])
+        targets = {a: f["name"] for a in [ent.name, *ent.aliases]}
+        capital = ent.facts.get("capital")
+        if capital:
+            targets.update({a: f["capital"] for a in [capital, *ent.facts.get("capital_aliases", [])]})
+        messages = renamed(t["messages"], targets)
+        # the aliases all became the made-up name: drop the "Also known as: X, X." it leaves
+        name = json.dumps(f["name"])[1:-1]
+        messages = re.sub(rf" Also known as: {re.escape(name)}(, {re.escape(name)})*\.", "", messages)
+        out.append({**t, "messages": messages, "plan": COPY_PREFIX + t["plan"],
+                    "entity_id": f["id"], "data_id": f"{t['data_id']}/copy"})  # fmt: skip
+    return out
