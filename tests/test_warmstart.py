@@ -162,7 +162,7 @@ def test_rag_shaped_trajectories_use_the_rag_workflows_scripted_turns(tmp_path):
 
 
 def test_renamed_replaces_whole_names_longest_first_inside_json():
-    text = json.dumps({"t": "Andorra la Vella is in Andorra; Guinea-Bissau and Guinea; Andorran \"Guinea\""})
+    text = json.dumps({"t": 'Andorra la Vella is in Andorra; Guinea-Bissau and Guinea; Andorran "Guinea"'})
     out = json.loads(renamed(text, {"Andorra": "Zorbia", "Andorra la Vella": "Qel", "Guinea": 'Ka"ra'}))
     assert out["t"] == 'Qel is in Zorbia; Guinea-Bissau and Ka"ra; Andorran "Ka"ra"'
 
@@ -177,13 +177,17 @@ def test_copy_exercises_retell_search_trajectories_about_made_up_countries(tmp_p
         copy_exercises([{"plan": "text_search -> answer"}], _world(tmp_path), 1)
     rows = [_row("text_only", "capital_of", "country/BB", "Blandton")]
     knowledge = {"country/BB|capital": {"known": False}}
-    traj, _ = build_trajectories(rows, world, engines, set(), knowledge, EnvConfig(image_k=2, text_k=1), rag=True)
+    traj, _ = build_trajectories(
+        rows, world, engines, set(), knowledge, EnvConfig(image_k=2, text_k=1), rag=True
+    )
     ex = copy_exercises(traj, world, 5, seed=0)
     assert len(ex) == 2 and {t["plan"] for t in ex} == {COPY_PREFIX + t["plan"] for t in traj}
     assert copy_exercises(traj, world, 5, seed=0) == ex  # seeded
     names = {t["entity_id"] for t in ex}
     assert len(names) == 2 and all(n.startswith("synthetic/") for n in names)
-    for t, orig in zip(sorted(ex, key=lambda t: t["plan"]), sorted(traj, key=lambda t: t["plan"]), strict=True):
+    for t, orig in zip(
+        sorted(ex, key=lambda t: t["plan"]), sorted(traj, key=lambda t: t["plan"]), strict=True
+    ):
         assert "Bland" not in t["messages"] and t["images"] is orig["images"]  # renamed text, same images
         msgs = json.loads(t["messages"])
         final = msgs[-1]["content"][0]["text"]

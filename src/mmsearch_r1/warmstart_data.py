@@ -345,7 +345,9 @@ def renamed(messages: str, targets: dict[str, str]) -> str:
     import re
 
     keys = sorted((k for k in targets if k), key=len, reverse=True)
-    pattern = re.compile(r"(?<![\w-])(" + "|".join(re.escape(json.dumps(k)[1:-1]) for k in keys) + r")(?![\w-])")
+    pattern = re.compile(
+        r"(?<![\w-])(" + "|".join(re.escape(json.dumps(k)[1:-1]) for k in keys) + r")(?![\w-])"
+    )
     escaped = {json.dumps(k)[1:-1]: json.dumps(v)[1:-1] for k, v in targets.items() if k}
     return pattern.sub(lambda m: escaped[m.group(0)], messages)
 
