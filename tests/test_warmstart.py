@@ -174,15 +174,15 @@ def test_copy_exercises_retell_search_trajectories_about_made_up_countries(tmp_p
     world = World(tmp_path, world.entities + [Entity(f"country/X{i}", "country", n, [], {"capital": c}, None, "", {})
                                               for i, (n, c) in enumerate(more)], {})  # fmt: skip
     with pytest.raises(ValueError, match="too few"):  # two names are too few to make up new ones
-        copy_exercises([{"plan": "text_search -> answer"}], _world(tmp_path), 1)
+        copy_exercises([{"plan": "text_search -> answer"}], _world(tmp_path), 1, names="made_up")
     rows = [_row("text_only", "capital_of", "country/BB", "Blandton")]
     knowledge = {"country/BB|capital": {"known": False}}
     traj, _ = build_trajectories(
         rows, world, engines, set(), knowledge, EnvConfig(image_k=2, text_k=1), rag=True
     )
-    ex = copy_exercises(traj, world, 5, seed=0)
+    ex = copy_exercises(traj, world, 5, seed=0, names="made_up")
     assert len(ex) == 2 and {t["plan"] for t in ex} == {COPY_PREFIX + t["plan"] for t in traj}
-    assert copy_exercises(traj, world, 5, seed=0) == ex  # seeded
+    assert copy_exercises(traj, world, 5, seed=0, names="made_up") == ex  # seeded
     names = {t["entity_id"] for t in ex}
     assert len(names) == 2 and all(n.startswith("synthetic/") for n in names)
     for t, orig in zip(
@@ -196,6 +196,37 @@ def test_copy_exercises_retell_search_trajectories_about_made_up_countries(tmp_p
         assert f" is {fake}." in msgs[-2]["content"][0]["text"]  # the results say it: copying is the way
         assert len(msgs) == len(json.loads(orig["messages"]))
     assert copy_exercises(traj, world, 0) == []
+    with pytest.raises(ValueError, match="needs the knowledge"):
+        copy_exercises(traj, world, 1)
+
+
+def test_swapped_copy_exercises_use_other_train_countries_without_contradicting_known_facts(tmp_path):
+    world = _world(tmp_path)
+    more = [Entity(f"country/X{i}", "country", n, [], {"capital": c}, None, "", {}) for i, (n, c) in
+            enumerate((("Norway", "Oslo"), ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Chile", "Santiago")))]  # fmt: skip
+    world = World(tmp_path, world.entities + more, {})
+    knowledge = {"country/BB|capital": {"known": False}, "country/X0|capital": {"known": True},
+                 "country/X1|capital": {"known": True}}  # fmt: skip
+    engines = Engines(image=_Img(), text=_Txt())
+    rows = [_row("text_only", "capital_of", "country/BB", "Blandton")]
+    traj, _ = build_trajectories(
+        rows, world, engines, set(), knowledge, EnvConfig(image_k=2, text_k=1), rag=True
+    )
+    others = [{"plan": "answer", "entity_id": e.id, "messages": "[]"} for e in more]  # train countries
+    ex = copy_exercises(traj + others, world, 5, seed=0, knowledge=knowledge)
+    assert len(ex) == 2 and all(t["plan"].startswith(COPY_PREFIX + "") for t in ex)
+    for t in ex:
+        final = json.loads(t["messages"])[-1]["content"][0]["text"]
+        assert "Bland" not in t["messages"]
+        assert "Kenya" in final or "Chile" in final  # renamed to a country whose capital is not known
+        answer = final.split("<answer>")[1].split("</answer>")[0]
+        assert answer in ("Oslo", "Lima", "Nairobi", "Santiago")  # another country's capital
+        assert f"The capital of {'Kenya' if 'Kenya' in final else 'Chile'} is {answer}." in final
+        assert not ("Kenya" in final and answer == "Nairobi") and not (
+            "Chile" in final and answer == "Santiago"
+        )
+    continent = [{**traj[0], "template": "continent_of"}]
+    assert copy_exercises(continent + others, world, 5, knowledge=knowledge) == []  # would contradict facts
 
 
 def test_short_warm_start_on_tiny_lowers_the_loss(tmp_path):

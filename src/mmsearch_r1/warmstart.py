@@ -96,6 +96,8 @@ class WarmStartConfig:
     copy_exercises: int = 0
     """Copy exercises added to the SFT trajectories: search trajectories re-told about made-up countries
     (`warmstart_data.copy_exercises`), whose answers can only be copied from the results."""
+    copy_names: str = "swapped"
+    """Names of the copy exercises: ``swapped`` (other train countries', counterfactual) or ``made_up``."""
     max_length: int = 900
     """Longer trajectories (tokens, images included) are left out."""
     epochs: float = 1.0
@@ -370,7 +372,7 @@ def run_warmstart(cfg: WarmStartConfig | None = None, *, world=None, pool=None, 
     collator = ProtocolCollator(policy.processor)
     lengths = [len(collator.encode(r)["input_ids"]) for r in traj]
     traj = [{**r, "length": n} for r, n in zip(traj, lengths, strict=True) if n <= cfg.max_length]
-    exercises = copy_exercises(traj, world, cfg.copy_exercises, cfg.seed)
+    exercises = copy_exercises(traj, world, cfg.copy_exercises, cfg.seed, knowledge, cfg.copy_names)
     traj = balance(traj, cfg.sft_trajectories, cfg.plan_weights, cfg.seed)
     lengths_ex = [len(collator.encode(r)["input_ids"]) for r in exercises]
     traj += [{**r, "length": n} for r, n in zip(exercises, lengths_ex, strict=True) if n <= cfg.max_length]

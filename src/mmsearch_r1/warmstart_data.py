@@ -328,8 +328,8 @@ def build_trajectories(rows, world: World, engines, visual_known: set[str], know
                 continue
             messages, images = res
             stats[name] += 1
-            out.append({"messages": json.dumps(messages), "images": images, "plan": name,
-                        "data_id": row["data_id"], "entity_id": row["entity_id"], "kind": row["kind"]})  # fmt: skip
+            out.append({"messages": json.dumps(messages), "images": images, "plan": name, "data_id": row["data_id"],
+                        "entity_id": row["entity_id"], "kind": row["kind"], "template": row["template"]})  # fmt: skip
     return out, stats
 
 
@@ -352,39 +352,67 @@ def renamed(messages: str, targets: dict[str, str]) -> str:
     return pattern.sub(lambda m: escaped[m.group(0)], messages)
 
 
-def copy_exercises(trajectories: list[dict], world: World, n: int, seed: int = 0) -> list[dict]:
-    """``n`` search trajectories re-told about made-up countries: the entity's name, aliases and capital
-    are replaced everywhere (question, reasoning, queries, the engines' results, distractors included) by
-    a name and capital from a character-trigram model of the real ones (`miniature_data.synthetic_pairs`).
+def copy_exercises(trajectories: list[dict], world: World, n: int, seed: int = 0,
+                   knowledge: dict[str, dict] | None = None, names: str = "swapped") -> list[dict]:  # fmt: skip
+    """``n`` search trajectories re-told about other countries: the entity's name, aliases and capital are
+    replaced everywhere (question, reasoning, queries, the engines' results, distractors included).
 
     Why: entities are split, so every answer of an SFT trajectory belongs to a train entity, and the
     policy learns those answers by heart; on a validation entity it then writes a train answer after
-    reading the right one ("The capital of Burundi is Bujumbura." then "Buenos Aires"). A made-up name
-    occurs once, so the only way to its answer is copying from the results. The tool results are the
-    real engines' results, renamed; the images are the real entity's. Each exercise renames a different
-    trajectory (seeded sample of the search trajectories); its plan is ``COPY_PREFIX`` + the original's.
+    reading the right one ("The capital of Burundi is Bujumbura." then "Buenos Aires"). In an exercise the
+    answer is not the one the name suggests, so the only way to it is copying from the results.
+
+    ``names``: ``swapped`` (default): counterfactual, another train country's name with a third one's
+    capital ("The capital of Chile is Lisbon."): real names, spelled as the real ones are. The renamed
+    country is one whose capital the language model does not know (``knowledge``, `probe_knowledge`), so
+    no known fact is contradicted; questions about a continent are left out for the same reason.
+    ``made_up``: a name and capital from a character-trigram model of the real ones
+    (`miniature_data.synthetic_pairs`). The tool results are the real engines' results, renamed; the images
+    are the real entity's. Each exercise re-tells a different trajectory (seeded sample of the search
+    trajectories); its plan is ``COPY_PREFIX`` + the original's.
     """
     import random
     import re
 
     from mmsearch_r1.miniature_data import synthetic_pairs
 
+    if names not in ("swapped", "made_up"):
+        raise ValueError(f"copy_exercises(names={names!r}): use 'swapped' or 'made_up'")
     if n <= 0:
         return []
     rng = random.Random(seed)
-    real = [{"name": e.name, "capital": e.facts.get("capital", "")} for e in world.entities]
     source = [t for t in trajectories if "search" in t["plan"] and not t["plan"].startswith(COPY_PREFIX)]
+    if names == "swapped":
+        if knowledge is None:
+            raise ValueError("copy_exercises(names='swapped') needs the knowledge boundary (probe_knowledge)")
+        source = [t for t in source if FACT_OF_TEMPLATE.get(t.get("template", "")) != "continent"]
     source = rng.sample(source, min(n, len(source)))
-    fake = synthetic_pairs([r for r in real if r["capital"]], len(source), seed)
+    if names == "made_up":
+        real = [
+            {"name": e.name, "capital": e.facts["capital"]} for e in world.entities if e.facts.get("capital")
+        ]
+        pairs = synthetic_pairs(real, len(source), seed)
+    else:
+        ids = {e.id for e in world.entities}
+        pool = sorted({t["entity_id"] for t in trajectories if t["entity_id"] in ids})
+        unknown = [e for e in pool if not knowledge.get(f"{e}|capital", {}).get("known", False)]
+        pairs = []
+        for t in source:
+            x = rng.choice([e for e in unknown if e != t["entity_id"]] or [None])
+            y = rng.choice([e for e in pool if e not in (t["entity_id"], x)] or [None])
+            if x is None or y is None:
+                raise ValueError(f"copy_exercises: {len(pool)} train countries are too few to swap names")
+            pairs.append({"id": f"swapped/{x}+{y}", "name": world.entity(x).name,
+                          "capital": world.entity(y).facts.get("capital", "")})  # fmt: skip
     out = []
-    for t, f in zip(source, fake, strict=True):
+    for t, f in zip(source, pairs, strict=True):
         ent = world.entity(t["entity_id"])
         targets = {a: f["name"] for a in [ent.name, *ent.aliases]}
         capital = ent.facts.get("capital")
-        if capital:
+        if capital and f["capital"]:
             targets.update({a: f["capital"] for a in [capital, *ent.facts.get("capital_aliases", [])]})
         messages = renamed(t["messages"], targets)
-        # the aliases all became the made-up name: drop the "Also known as: X, X." it leaves
+        # the aliases all became the new name: drop the "Also known as: X, X." it leaves
         name = json.dumps(f["name"])[1:-1]
         messages = re.sub(rf" Also known as: {re.escape(name)}(, {re.escape(name)})*\.", "", messages)
         out.append({**t, "messages": messages, "plan": COPY_PREFIX + t["plan"],
