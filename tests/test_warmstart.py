@@ -227,6 +227,8 @@ def test_swapped_copy_exercises_use_other_train_countries_without_contradicting_
         )
     continent = [{**traj[0], "template": "continent_of"}]
     assert copy_exercises(continent + others, world, 5, knowledge=knowledge) == []  # would contradict facts
+    memory = [{**traj[0], "plan": "image_search -> answer", "template": "flag_capital"}]
+    assert copy_exercises(memory + others, world, 5, knowledge=knowledge) == []  # a capital from memory
 
 
 def test_short_warm_start_on_tiny_lowers_the_loss(tmp_path):

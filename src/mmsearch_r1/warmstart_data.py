@@ -381,7 +381,10 @@ def copy_exercises(trajectories: list[dict], world: World, n: int, seed: int = 0
     if n <= 0:
         return []
     rng = random.Random(seed)
-    source = [t for t in trajectories if "search" in t["plan"] and not t["plan"].startswith(COPY_PREFIX)]
+    # answers read off the results: a text search, or an image search for the country's name (an image
+    # search followed by a capital from memory would teach a made-up fact as knowledge)
+    source = [t for t in trajectories if not t["plan"].startswith(COPY_PREFIX)
+              and ("text_search" in t["plan"] or ("search" in t["plan"] and not FACT_OF_TEMPLATE.get(t.get("template", ""))))]  # fmt: skip
     if names == "swapped":
         if knowledge is None:
             raise ValueError("copy_exercises(names='swapped') needs the knowledge boundary (probe_knowledge)")
