@@ -10,7 +10,7 @@ from PIL import Image
 
 from mmsearch_r1.env import EnvConfig
 from mmsearch_r1.policy import load_policy
-from mmsearch_r1.protocol import render_turn
+from mmsearch_r1.protocol import parse_turn, render_turn
 from mmsearch_r1.rollout import RolloutConfig, rag_query
 from mmsearch_r1.tools.types import Engines, ImageHit, TextHit
 from mmsearch_r1.warmstart import ProtocolCollator, WarmStartConfig, freeze_for_sft, sft
@@ -137,8 +137,13 @@ def test_trajectories_use_real_tool_results_and_drop_wrong_searches(tmp_path):
     msgs = json.loads(out[0]["messages"])
     assert [m["role"] for m in msgs] == ["user", "assistant", "tool", "assistant", "tool", "assistant"]
     assert "Blandton" in msgs[4]["content"][0]["text"] and msgs[-1]["content"][0]["text"].endswith(
-        "<answer>Blandton</answer>")  # fmt: skip
+        "<answer> Blandton</answer>")  # fmt: skip
     assert len(out[0]["images"]) == 1 + 2  # question image + two thumbnails, in order
+    tight, _ = build_trajectories(rows[:1], world, engines, set(), {}, EnvConfig(image_k=2, text_k=1),
+                                  answer_space=False)  # fmt: skip
+    last = json.loads(tight[0]["messages"])[-1]["content"][0]["text"]
+    assert last.endswith("<answer>Blandton</answer>")  # the space is the only difference; both parse alike
+    assert parse_turn(last).answer == parse_turn(msgs[-1]["content"][0]["text"]).answer == "Blandton"
 
 
 def test_rag_shaped_trajectories_use_the_rag_workflows_scripted_turns(tmp_path):
@@ -156,7 +161,7 @@ def test_rag_shaped_trajectories_use_the_rag_workflows_scripted_turns(tmp_path):
     assert said[1] == render_turn(
         "text_search", reasons[1], query=rag_query("Flag of Bland", rows[0]["question"])
     )
-    assert said[2].endswith("<answer>Blandton</answer>") and "The capital of Bland is Blandton." in said[2]
+    assert said[2].endswith("<answer> Blandton</answer>") and "The capital of Bland is Blandton." in said[2]
     plain, _ = build_trajectories(rows, world, engines, set(), knowledge, EnvConfig(image_k=2, text_k=1))
     assert [t["plan"] for t in plain] == ["text_search -> answer"]  # off by default
 
@@ -191,7 +196,7 @@ def test_copy_exercises_retell_search_trajectories_about_made_up_countries(tmp_p
         assert "Bland" not in t["messages"] and t["images"] is orig["images"]  # renamed text, same images
         msgs = json.loads(t["messages"])
         final = msgs[-1]["content"][0]["text"]
-        fake = final.split("<answer>")[1].split("</answer>")[0]
+        fake = final.split("<answer> ")[1].split("</answer>")[0]
         assert fake not in ("Blandton", "") and f" is {fake}." in final
         assert f" is {fake}." in msgs[-2]["content"][0]["text"]  # the results say it: copying is the way
         assert len(msgs) == len(json.loads(orig["messages"]))
@@ -219,7 +224,7 @@ def test_swapped_copy_exercises_use_other_train_countries_without_contradicting_
         final = json.loads(t["messages"])[-1]["content"][0]["text"]
         assert "Bland" not in t["messages"]
         assert "Kenya" in final or "Chile" in final  # renamed to a country whose capital is not known
-        answer = final.split("<answer>")[1].split("</answer>")[0]
+        answer = final.split("<answer> ")[1].split("</answer>")[0]
         assert answer in ("Oslo", "Lima", "Nairobi", "Santiago")  # another country's capital
         assert f"The capital of {'Kenya' if 'Kenya' in final else 'Chile'} is {answer}." in final
         assert not ("Kenya" in final and answer == "Nairobi") and not (

@@ -93,6 +93,9 @@ class WarmStartConfig:
     against 64 and 48 of 320, on all 46 validation text-only questions the policy answered 3 of the 25
     facts its language model does not know directly and wrongly (was 8), 0 of the 21 it knows (was 2),
     searched 50% of them (was 26%), accuracy 0.80 (was 0.72)."""
+    answer_space: bool = True
+    """Write the answers ``<answer> Lisbon</answer>``: the name's tokens are then those it has inside the
+    results' sentences, so the answer is a copy of tokens (`warmstart_data.trajectory`)."""
     copy_exercises: int = 0
     """Copy exercises added to the SFT trajectories: search trajectories re-told about made-up countries
     (`warmstart_data.copy_exercises`), whose answers can only be copied from the results."""
@@ -368,7 +371,8 @@ def run_warmstart(cfg: WarmStartConfig | None = None, *, world=None, pool=None, 
     # thumbnails in the SFT data sized by the policy's own cap, as in its evaluation, RL and curation
     env = replace(cfg.env, sizes=image_sizes_of(policy.processor))
     rag = cfg.plan_weights.get(RAG_PLAN, 0) > 0
-    traj, stats = build_trajectories(rows, world, engines, visual_known, knowledge, env, rag=rag)
+    traj, stats = build_trajectories(rows, world, engines, visual_known, knowledge, env, rag=rag,
+                                     answer_space=cfg.answer_space)  # fmt: skip
     collator = ProtocolCollator(policy.processor)
     lengths = [len(collator.encode(r)["input_ids"]) for r in traj]
     traj = [{**r, "length": n} for r, n in zip(traj, lengths, strict=True) if n <= cfg.max_length]

@@ -195,12 +195,17 @@ def _query(fact: str, name: str) -> str:
 
 
 def trajectory(row: dict, plan: tuple[str, ...], world: World, env: SearchEnv, colour: str | None = None,
-               rag: bool = False):  # fmt: skip
+               rag: bool = False, answer_space: bool = True):  # fmt: skip
     """Run ``plan`` on ``row`` through ``env`` and write the turns. Returns (messages, images) or a drop reason.
 
     ``rag``: the RAG workflow's shape instead of ``plan`` (`rollout`'s scripted image search, then its
     scripted text query: top image title + question), then the answer read from the results, so that
-    the policy learns to answer from results however the searches were phrased."""
+    the policy learns to answer from results however the searches were phrased.
+
+    ``answer_space``: the answer is written ``<answer> Lisbon</answer>``, with a space, so that its tokens
+    are those of the name inside a sentence (" Lisbon" is one token; "Lisbon" after ">" is "L", "is",
+    "bon" in SmolLM2's vocabulary). Copying the name from the results or the reasoning is then copying
+    tokens, not spelling them out; the answer parses to the same stripped text."""
     eid, template = row["entity_id"], row["template"]
     ent = world.entity(eid)
     name, fact = ent.name, FACT_OF_TEMPLATE.get(template)
@@ -216,13 +221,15 @@ def trajectory(row: dict, plan: tuple[str, ...], world: World, env: SearchEnv, c
             {"role": "assistant", "content": [{"type": "text", "text": render_turn(kind, reason, **kw)}]}
         )
 
+    pad = " " if answer_space else ""
+
     def final_answer(reason_parts: list[str]):
         if row["kind"] == "search_free":
-            say("answer", f"The {noun} is mostly {row['answer']}.", answer=row["answer"])
+            say("answer", f"The {noun} is mostly {row['answer']}.", answer=pad + row["answer"])
         elif row["kind"] == "visual_knowledge":
-            say("answer", " ".join(reason_parts), answer=name)
+            say("answer", " ".join(reason_parts), answer=pad + name)
         else:
-            say("answer", " ".join(reason_parts), answer=ent.facts[fact])
+            say("answer", " ".join(reason_parts), answer=pad + ent.facts[fact])
 
     if row["kind"] == "search_free":
         final_answer([])
@@ -311,9 +318,11 @@ def _strip_images(blocks, images: list) -> list[dict]:
 
 
 def build_trajectories(rows, world: World, engines, visual_known: set[str], knowledge: dict[str, dict],
-                       env_config: EnvConfig | None = None, rag: bool = False) -> tuple[list[dict], Counter]:  # fmt: skip
+                       env_config: EnvConfig | None = None, rag: bool = False,
+                       answer_space: bool = True) -> tuple[list[dict], Counter]:  # fmt: skip
     """Trajectories for ``rows`` (dicts in the row schema + entity_id/template) and a Counter of outcomes;
-    ``rag`` adds a RAG-shaped trajectory (plan `RAG_PLAN`) for every row whose plan searches."""
+    ``rag`` adds a RAG-shaped trajectory (plan `RAG_PLAN`) for every row whose plan searches;
+    ``answer_space``: answers written with a leading space (`trajectory`)."""
     env = SearchEnv(engines, env_config or EnvConfig())
     out, stats = [], Counter()
     for row in tqdm(rows, desc="trajectories"):
@@ -322,7 +331,7 @@ def build_trajectories(rows, world: World, engines, visual_known: set[str], know
         if rag and "search" in variants[0][0]:  # the RAG workflow's shape, for rows that need a search
             variants.append((RAG_PLAN, True))
         for name, is_rag in variants:
-            res = trajectory(row, plan, world, env, rag=is_rag)
+            res = trajectory(row, plan, world, env, rag=is_rag, answer_space=answer_space)
             if isinstance(res, str):
                 stats[f"dropped{' (rag)' if is_rag else ''}: {res}"] += 1
                 continue
