@@ -79,6 +79,10 @@ def test_synthetic_names_are_new_and_trigram_like():
     assert len(set(names)) == 50 and not set(names) & set(NAMES)
     assert all(set(n) <= set("".join(NAMES)) for n in names)  # trigram model: only letters seen in real names
     assert Trigram(["ab"]).sample(random.Random(0)) == "ab"
+    with pytest.raises(ValueError, match="too few"):  # two names can only be re-drawn, never new ones
+        synthetic_pairs(
+            [{"name": "Aland", "capital": "Alton"}, {"name": "Bland", "capital": "Blandton"}], 1, 0
+        )
 
 
 def test_protocol_tokens_make_trajectories_short_and_exact(built):

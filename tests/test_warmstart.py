@@ -15,13 +15,10 @@ from mmsearch_r1.rollout import RolloutConfig, rag_query
 from mmsearch_r1.tools.types import Engines, ImageHit, TextHit
 from mmsearch_r1.warmstart import ProtocolCollator, WarmStartConfig, freeze_for_sft, sft
 from mmsearch_r1.warmstart_data import (
-    COPY_PREFIX,
     RAG_PLAN,
     build_trajectories,
-    copy_exercises,
     needs_search,
     plan_for,
-    renamed,
 )
 from mmsearch_r1.world import Entity, World
 
@@ -164,76 +161,6 @@ def test_rag_shaped_trajectories_use_the_rag_workflows_scripted_turns(tmp_path):
     assert said[2].endswith("<answer> Blandton</answer>") and "The capital of Bland is Blandton." in said[2]
     plain, _ = build_trajectories(rows, world, engines, set(), knowledge, EnvConfig(image_k=2, text_k=1))
     assert [t["plan"] for t in plain] == ["text_search -> answer"]  # off by default
-
-
-def test_renamed_replaces_whole_names_longest_first_inside_json():
-    text = json.dumps({"t": 'Andorra la Vella is in Andorra; Guinea-Bissau and Guinea; Andorran "Guinea"'})
-    out = json.loads(renamed(text, {"Andorra": "Zorbia", "Andorra la Vella": "Qel", "Guinea": 'Ka"ra'}))
-    assert out["t"] == 'Qel is in Zorbia; Guinea-Bissau and Ka"ra; Andorran "Ka"ra"'
-
-
-def test_copy_exercises_retell_search_trajectories_about_made_up_countries(tmp_path):
-    world, engines = _world(tmp_path), Engines(image=_Img(), text=_Txt())
-    more = (("Norway", "Oslo"), ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Chile", "Santiago"), ("Laos", "Vientiane"),
-            ("Malta", "Valletta"), ("Nepal", "Kathmandu"), ("Ghana", "Accra"), ("Oman", "Muscat"), ("Cuba", "Havana"))  # fmt: skip
-    world = World(tmp_path, world.entities + [Entity(f"country/X{i}", "country", n, [], {"capital": c}, None, "", {})
-                                              for i, (n, c) in enumerate(more)], {})  # fmt: skip
-    with pytest.raises(ValueError, match="too few"):  # two names are too few to make up new ones
-        copy_exercises([{"plan": "text_search -> answer"}], _world(tmp_path), 1, names="made_up")
-    rows = [_row("text_only", "capital_of", "country/BB", "Blandton")]
-    knowledge = {"country/BB|capital": {"known": False}}
-    traj, _ = build_trajectories(
-        rows, world, engines, set(), knowledge, EnvConfig(image_k=2, text_k=1), rag=True
-    )
-    ex = copy_exercises(traj, world, 5, seed=0, names="made_up")
-    assert len(ex) == 2 and {t["plan"] for t in ex} == {COPY_PREFIX + t["plan"] for t in traj}
-    assert copy_exercises(traj, world, 5, seed=0, names="made_up") == ex  # seeded
-    names = {t["entity_id"] for t in ex}
-    assert len(names) == 2 and all(n.startswith("synthetic/") for n in names)
-    for t, orig in zip(
-        sorted(ex, key=lambda t: t["plan"]), sorted(traj, key=lambda t: t["plan"]), strict=True
-    ):
-        assert "Bland" not in t["messages"] and t["images"] is orig["images"]  # renamed text, same images
-        msgs = json.loads(t["messages"])
-        final = msgs[-1]["content"][0]["text"]
-        fake = final.split("<answer> ")[1].split("</answer>")[0]
-        assert fake not in ("Blandton", "") and f" is {fake}." in final
-        assert f" is {fake}." in msgs[-2]["content"][0]["text"]  # the results say it: copying is the way
-        assert len(msgs) == len(json.loads(orig["messages"]))
-    assert copy_exercises(traj, world, 0) == []
-    with pytest.raises(ValueError, match="needs the knowledge"):
-        copy_exercises(traj, world, 1)
-
-
-def test_swapped_copy_exercises_use_other_train_countries_without_contradicting_known_facts(tmp_path):
-    world = _world(tmp_path)
-    more = [Entity(f"country/X{i}", "country", n, [], {"capital": c}, None, "", {}) for i, (n, c) in
-            enumerate((("Norway", "Oslo"), ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Chile", "Santiago")))]  # fmt: skip
-    world = World(tmp_path, world.entities + more, {})
-    knowledge = {"country/BB|capital": {"known": False}, "country/X0|capital": {"known": True},
-                 "country/X1|capital": {"known": True}}  # fmt: skip
-    engines = Engines(image=_Img(), text=_Txt())
-    rows = [_row("text_only", "capital_of", "country/BB", "Blandton")]
-    traj, _ = build_trajectories(
-        rows, world, engines, set(), knowledge, EnvConfig(image_k=2, text_k=1), rag=True
-    )
-    others = [{"plan": "answer", "entity_id": e.id, "messages": "[]"} for e in more]  # train countries
-    ex = copy_exercises(traj + others, world, 5, seed=0, knowledge=knowledge)
-    assert len(ex) == 2 and all(t["plan"].startswith(COPY_PREFIX + "") for t in ex)
-    for t in ex:
-        final = json.loads(t["messages"])[-1]["content"][0]["text"]
-        assert "Bland" not in t["messages"]
-        assert "Kenya" in final or "Chile" in final  # renamed to a country whose capital is not known
-        answer = final.split("<answer> ")[1].split("</answer>")[0]
-        assert answer in ("Oslo", "Lima", "Nairobi", "Santiago")  # another country's capital
-        assert f"The capital of {'Kenya' if 'Kenya' in final else 'Chile'} is {answer}." in final
-        assert not ("Kenya" in final and answer == "Nairobi") and not (
-            "Chile" in final and answer == "Santiago"
-        )
-    continent = [{**traj[0], "template": "continent_of"}]
-    assert copy_exercises(continent + others, world, 5, knowledge=knowledge) == []  # would contradict facts
-    memory = [{**traj[0], "plan": "image_search -> answer", "template": "flag_capital"}]
-    assert copy_exercises(memory + others, world, 5, knowledge=knowledge) == []  # a capital from memory
 
 
 def test_short_warm_start_on_tiny_lowers_the_loss(tmp_path):

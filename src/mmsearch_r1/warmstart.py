@@ -45,7 +45,6 @@ from mmsearch_r1.warmstart_data import (
     ProbeConfig,
     balance,
     build_trajectories,
-    copy_exercises,
     knowledge_summary,
     needs_search,
     probe_knowledge,
@@ -96,11 +95,6 @@ class WarmStartConfig:
     answer_space: bool = True
     """Write the answers ``<answer> Lisbon</answer>``: the name's tokens are then those it has inside the
     results' sentences, so the answer is a copy of tokens (`warmstart_data.trajectory`)."""
-    copy_exercises: int = 0
-    """Copy exercises added to the SFT trajectories: search trajectories re-told about made-up countries
-    (`warmstart_data.copy_exercises`), whose answers can only be copied from the results."""
-    copy_names: str = "swapped"
-    """Names of the copy exercises: ``swapped`` (other train countries', counterfactual) or ``made_up``."""
     max_length: int = 900
     """Longer trajectories (tokens, images included) are left out."""
     epochs: float = 1.0
@@ -139,7 +133,6 @@ class WarmStartConfig:
         c.model = "tiny" if self.model == "demo" else self.model  # the demo's 135M LM is minutes, not seconds
         c.probe = ProbeConfig(k=1, max_new_tokens=4, batch_size=64)
         c.vision = VisionAlignConfig(steps=3, batch_size=8)
-        c.copy_exercises = min(self.copy_exercises, 2)
         c.max_train_rows, c.sft_trajectories, c.eval_rows, c.max_length, c.epochs = 8, 8, 4, 4096, 1.0
         c.batch_size, c.grad_accum, c.eval_max_new_tokens, c.eval_sampled = 2, 1, 16, False
         c.visual_known = min(self.visual_known, 10)
@@ -376,10 +369,7 @@ def run_warmstart(cfg: WarmStartConfig | None = None, *, world=None, pool=None, 
     collator = ProtocolCollator(policy.processor)
     lengths = [len(collator.encode(r)["input_ids"]) for r in traj]
     traj = [{**r, "length": n} for r, n in zip(traj, lengths, strict=True) if n <= cfg.max_length]
-    exercises = copy_exercises(traj, world, cfg.copy_exercises, cfg.seed, knowledge, cfg.copy_names)
     traj = balance(traj, cfg.sft_trajectories, cfg.plan_weights, cfg.seed)
-    lengths_ex = [len(collator.encode(r)["input_ids"]) for r in exercises]
-    traj += [{**r, "length": n} for r, n in zip(exercises, lengths_ex, strict=True) if n <= cfg.max_length]
     m.update({"trajectory_seconds": time.perf_counter() - t0, "trajectories": len(traj),
               "trajectory_plans": dict(stats), "sft_plans": dict(Counter(r["plan"] for r in traj)), "trajectory_tokens_mean": sum(lengths) / max(len(lengths), 1),
               "trajectory_search_share": sum("search" in r["plan"] for r in traj) / max(len(traj), 1)})  # fmt: skip
