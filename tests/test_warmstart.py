@@ -14,12 +14,7 @@ from mmsearch_r1.protocol import parse_turn, render_turn
 from mmsearch_r1.rollout import RolloutConfig, rag_query
 from mmsearch_r1.tools.types import Engines, ImageHit, TextHit
 from mmsearch_r1.warmstart import ProtocolCollator, WarmStartConfig, freeze_for_sft, sft
-from mmsearch_r1.warmstart_data import (
-    RAG_PLAN,
-    build_trajectories,
-    needs_search,
-    plan_for,
-)
+from mmsearch_r1.warmstart_data import RAG_PLAN, build_trajectories, needs_search, plan_for
 from mmsearch_r1.world import Entity, World
 
 

@@ -221,15 +221,15 @@ def trajectory(row: dict, plan: tuple[str, ...], world: World, env: SearchEnv, c
             {"role": "assistant", "content": [{"type": "text", "text": render_turn(kind, reason, **kw)}]}
         )
 
-    pad = " " if answer_space else ""
-
     def final_answer(reason_parts: list[str]):
         if row["kind"] == "search_free":
-            say("answer", f"The {noun} is mostly {row['answer']}.", answer=pad + row["answer"])
-        elif row["kind"] == "visual_knowledge":
-            say("answer", " ".join(reason_parts), answer=pad + name)
+            reason, answer = f"The {noun} is mostly {row['answer']}.", row["answer"]
         else:
-            say("answer", " ".join(reason_parts), answer=pad + ent.facts[fact])
+            reason, answer = (
+                " ".join(reason_parts),
+                name if row["kind"] == "visual_knowledge" else ent.facts[fact],
+            )
+        say("answer", reason, answer=(" " if answer_space else "") + answer)
 
     if row["kind"] == "search_free":
         final_answer([])
@@ -337,6 +337,6 @@ def build_trajectories(rows, world: World, engines, visual_known: set[str], know
                 continue
             messages, images = res
             stats[name] += 1
-            out.append({"messages": json.dumps(messages), "images": images, "plan": name, "data_id": row["data_id"],
-                        "entity_id": row["entity_id"], "kind": row["kind"], "template": row["template"]})  # fmt: skip
+            out.append({"messages": json.dumps(messages), "images": images, "plan": name,
+                        "data_id": row["data_id"], "entity_id": row["entity_id"], "kind": row["kind"]})  # fmt: skip
     return out, stats
