@@ -19,7 +19,7 @@ export MPLBACKEND ?= Agg
 export PYTHONHASHSEED ?= 0
 DEMO_THREADS ?= $(shell nproc 2>/dev/null || echo 1)
 
-.PHONY: setup test test-slow lint demo reproduce bench strip clean help
+.PHONY: setup test test-slow lint demo reproduce bench gpu-check strip clean help
 
 help:
 	@echo "make test       set up .venv (if needed), lint, run the test suite (CPU, offline)"
@@ -27,6 +27,7 @@ help:
 	@echo "make reproduce  the ablation runs and all figures"
 	@echo "make bench      benchmarks -> benchmarks/results/*.json"
 	@echo "make test-slow  the slow-marked tests"
+	@echo "make gpu-check  on a CUDA machine: the gpu tests and a GRPO profile -> benchmarks/results/gpu.json"
 	@echo "make strip      strip notebook outputs"
 
 $(STAMP): pyproject.toml requirements-assets.txt
@@ -64,6 +65,10 @@ reproduce: setup
 
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+# On a CUDA machine (a venv with a CUDA build of torch): the gpu-marked tests, then LoRA/QLoRA GRPO profiles.
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py
 
 strip: setup
 	$(PY) -m mmsearch_r1.notebook_utils strip notebooks/*.ipynb

@@ -45,6 +45,38 @@ def pick_model() -> tuple[str, str]:
         return "tiny", f"the tiny policy: the demo policy is unavailable ({type(err).__name__}: {err})"
 
 
+def step_profile(metrics: list[dict], rollouts: int) -> list[dict]:
+    """Per-step seconds split into generation / tools / the rest, and generated tokens per second, from a
+    run's metrics.jsonl records (``completion_tokens`` is the mean per rollout)."""
+    steps = []
+    for m in metrics:
+        gen_tokens = (m.get("completion_tokens") or 0) * rollouts
+        steps.append(
+            {
+                "step": m["step"],
+                "seconds": m["step_seconds"],
+                "generation_s": m["generation_seconds"],
+                "tools_s": m["tool_seconds"],
+                "rest_s": m["other_seconds"],
+                "generated_tokens": gen_tokens,
+                "generated_tokens_per_s": gen_tokens / m["generation_seconds"]
+                if m["generation_seconds"]
+                else None,
+                "image_calls_per_rollout": m["image_calls"],
+                "text_calls_per_rollout": m["text_calls"],
+                "search_ratio": m["search_ratio"],
+                "peak_memory_mb": m.get("peak_memory_mb"),
+            }
+        )
+    return steps
+
+
+def median_of(steps: list[dict], key: str):
+    """Median of ``key`` over ``steps`` (None values left out; None when there are none)."""
+    vals = [s[key] for s in steps if s.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2)
@@ -63,30 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         result = train(cfg)
         wall = time.perf_counter() - t0
     rollouts = cfg.prompts_per_step * cfg.num_generations
-    steps = []
-    for m in result.metrics:
-        gen_tokens = (m.get("completion_tokens") or 0) * rollouts
-        steps.append(
-            {
-                "step": m["step"],
-                "seconds": m["step_seconds"],
-                "generation_s": m["generation_seconds"],
-                "tools_s": m["tool_seconds"],
-                "rest_s": m["other_seconds"],
-                "generated_tokens": gen_tokens,
-                "generated_tokens_per_s": gen_tokens / m["generation_seconds"]
-                if m["generation_seconds"]
-                else None,
-                "image_calls_per_rollout": m["image_calls"],
-                "text_calls_per_rollout": m["text_calls"],
-                "search_ratio": m["search_ratio"],
-            }
-        )
+    steps = step_profile(result.metrics, rollouts)
     later = steps[1:] or steps  # the first step pays one-off warm-up costs
 
     def med(key):
-        vals = [s[key] for s in later if s[key] is not None]
-        return statistics.median(vals) if vals else None
+        return median_of(later, key)
 
     out = {
         "what": "seconds per GRPO step of the cpu_demo preset, split by phase (median over steps 2..n)",

@@ -16,6 +16,7 @@ What it does not: no pretrained weights, no knowledge; the CPU demo policy lives
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -94,34 +95,78 @@ def build_tiny_tokenizer(
     return tokenizer
 
 
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a randomly initialised Qwen2.5-VL (language model and vision tower)."""
+
+    hidden_size: int = 64
+    """Language-model width."""
+    layers: int = 2
+    """Language-model decoder layers."""
+    heads: int = 4
+    """Attention heads of the language model."""
+    kv_heads: int = 2
+    """Key/value heads (grouped-query attention)."""
+    intermediate_size: int | None = None
+    """MLP width (None: 2 * hidden_size)."""
+    vision_depth: int = 2
+    """Vision-tower blocks."""
+    vision_hidden: int = 32
+    """Vision-tower width."""
+    vision_heads: int = 2
+    """Vision-tower attention heads."""
+    vision_intermediate: int = 64
+    """Vision-tower MLP width."""
+
+
+SHAPES: dict[str, ModelShape] = {
+    "tiny": ModelShape(),
+    # Qwen2.5-0.5B's decoder (width, depth, heads, MLP) under a quarter of Qwen2.5-VL's vision tower (8 of
+    # its 32 blocks at full width). The vocabulary is the tiny tokenizer's, so Qwen's 136M-parameter
+    # embedding and 151,936-way output layer are not part of it.
+    "qwen-0.5b": ModelShape(hidden_size=896, layers=24, heads=14, kv_heads=2, intermediate_size=4864,
+                            vision_depth=8, vision_hidden=1280, vision_heads=16, vision_intermediate=3420),
+}  # fmt: skip
+"""Named shapes: ``tiny`` (tests) and ``qwen-0.5b`` (speed and memory profiles on a GPU)."""
+
+
 def tiny_config(
-    tokenizer, *, hidden_size: int = 64, layers: int = 2, vision_depth: int = 2
+    tokenizer,
+    *,
+    hidden_size: int = 64,
+    layers: int = 2,
+    vision_depth: int = 2,
+    shape: ModelShape | None = None,
 ) -> Qwen2_5_VLConfig:
-    """A small ``Qwen2_5_VLConfig`` whose special token ids come from ``tokenizer``."""
+    """A small ``Qwen2_5_VLConfig`` whose special token ids come from ``tokenizer``.
+
+    ``shape`` gives every size; without it the tiny shape with ``hidden_size``/``layers``/``vision_depth``.
+    """
+    shape = shape or ModelShape(hidden_size=hidden_size, layers=layers, vision_depth=vision_depth)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    heads = 4
-    half_head = hidden_size // heads // 2
+    half_head = shape.hidden_size // shape.heads // 2
     section = [half_head - 2 * (half_head // 3), half_head // 3, half_head // 3]  # temporal, height, width
     text_config = {
         "vocab_size": len(tokenizer),
-        "hidden_size": hidden_size,
-        "intermediate_size": hidden_size * 2,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": 2,
+        "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.intermediate_size or shape.hidden_size * 2,
+        "num_hidden_layers": shape.layers,
+        "num_attention_heads": shape.heads,
+        "num_key_value_heads": shape.kv_heads,
         "max_position_embeddings": 4096,
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": section},
         "bos_token_id": None,  # like Qwen's tokenizer: no BOS is prepended
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
     }
+    depth = shape.vision_depth
     vision_config = {
-        "depth": vision_depth,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_heads": 2,
-        "out_hidden_size": hidden_size,
-        "fullatt_block_indexes": [vision_depth - 1],
+        "depth": depth,
+        "hidden_size": shape.vision_hidden,
+        "intermediate_size": shape.vision_intermediate,
+        "num_heads": shape.vision_heads,
+        "out_hidden_size": shape.hidden_size,
+        "fullatt_block_indexes": sorted({min(i, depth - 1) for i in range(3, depth, 4)} | {depth - 1}),
         "window_size": 112,
         "patch_size": 14,
         "spatial_merge_size": 2,
@@ -152,11 +197,13 @@ def build_tiny_policy(
     protocol: str = "tags",
     hidden_size: int = 64,
     layers: int = 2,
+    shape: ModelShape | str | None = None,
 ):
     """Build ``(model, processor)``: a tiny random Qwen2.5-VL and its processor with ``protocol`` installed.
 
     ``seed`` fixes the weights. ``sizes`` sets the image pixel bounds (default: tiny images, 4 to 64 tokens
-    per question image, thumbnails up to 16). With ``save_dir`` both are saved there and
+    per question image, thumbnails up to 16). ``shape`` (a `ModelShape` or a name in `SHAPES`) replaces
+    ``hidden_size``/``layers`` with every size. With ``save_dir`` both are saved there and
     ``model.name_or_path`` is that path (what TRL needs to build a reference model).
     """
     sizes = sizes or ImageSizes(
@@ -164,7 +211,8 @@ def build_tiny_policy(
     )
     tokenizer = build_tiny_tokenizer()
     processor = build_processor(tokenizer, sizes, protocol=protocol)
-    config = tiny_config(tokenizer, hidden_size=hidden_size, layers=layers)
+    shape = SHAPES[shape] if isinstance(shape, str) else shape
+    config = tiny_config(tokenizer, hidden_size=hidden_size, layers=layers, shape=shape)
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
