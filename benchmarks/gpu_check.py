@@ -223,17 +223,19 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         report.update({"device": _device_name("cuda"), "torch": torch.__version__, "cuda": torch.version.cuda,
                        "versions": _versions(), "date": time.strftime("%Y-%m-%d"),
-                       "command": "python benchmarks/gpu_check.py " + " ".join(argv or sys.argv[1:])})  # fmt: skip
+                       })  # fmt: skip
+        command = " ".join(["python benchmarks/gpu_check.py", *(argv or sys.argv[1:])])
+        report["commands"] = [*report.get("commands", []), f"{report['date']}: {command}"]
         RESULTS.mkdir(parents=True, exist_ok=True)
         if not args.skip_tests:
             report["tests"] = run_tests(path.parent)
             print(
                 f"[gpu-check] tests: {report['tests']['passed']} passed, {report['tests']['failed']} failed"
             )
-        cpu = report.get("profiles", {}).get("cpu")
-        report["profiles"] = {n: _child_profile(n, "cuda", args.steps, args.timeout) for n in names}
-        if cpu:
-            report["profiles"]["cpu"] = cpu
+        # profiles not run now (and the CPU's) keep their earlier numbers
+        report.setdefault("profiles", {}).update(
+            {n: _child_profile(n, "cuda", args.steps, args.timeout) for n in names}
+        )
         report["seconds"] = round(time.perf_counter() - started, 1)
     small, cpu = report.get("profiles", {}).get("small", {}), report.get("profiles", {}).get("cpu", {})
     if small.get("step_seconds") and cpu.get("step_seconds"):

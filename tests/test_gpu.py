@@ -177,3 +177,27 @@ def test_killed_lora_run_resumes_from_its_checkpoint(tmp_path):
     state = json.loads((cfg.run_dir / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     assert next(p for p in result.trainer.model.parameters() if p.requires_grad).device.type == DEVICE
+
+
+def test_paper_preset_from_the_command_line_with_qlora(tmp_path, capsys):
+    """The researcher's command: ``python -m mmsearch_r1.train --preset paper --set qlora=true ...``, whose
+    ``auto`` settings resolve on the GPU to bf16 weights, bf16 compute and gradient checkpointing, with the
+    KL term's reference model being the base under the disabled adapter (beta 0.001)."""
+    from mmsearch_r1.config import fast_bf16, load_config, to_grpo_config
+    from mmsearch_r1.run_logging import read_metrics
+    from mmsearch_r1.train import main
+
+    base = tmp_path / "base"
+    build_tiny_policy(save_dir=base, seed=0)
+    sets = [f"model={base}", "qlora=true", "dataset=synthetic", "engine=synthetic", "prompts_per_step=2",
+            "num_generations=4", "gradient_accumulation_steps=1", "steps_per_generation=1", "max_steps=1",
+            "max_completion_length=64", f"output_dir={tmp_path / 'run'}"]  # fmt: skip
+    cfg = load_config(preset="paper", overrides=sets)
+    assert (cfg.dtype, cfg.bf16, cfg.gradient_checkpointing, cfg.beta) == ("auto", "auto", "auto", 0.001)
+    args = to_grpo_config(cfg)
+    assert args.bf16 is (fast_bf16() or not REHEARSAL) and args.gradient_checkpointing is not REHEARSAL
+    assert main(["--preset", "paper", *[x for s in sets for x in ("--set", s)]]) == 0
+    (m,) = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert m["kl"] is not None and m["loss"] is not None
+    final = load_policy(tmp_path / "run" / "final", qlora=True)
+    assert final.qlora and final.lora and '"steps": 1' in capsys.readouterr().out
