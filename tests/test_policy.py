@@ -70,6 +70,23 @@ def test_qlora_loads_nf4_and_trains(tiny_dir):
     assert grads and all(g is not None for g in grads)
 
 
+def test_qlora_adapter_reloads_onto_a_4bit_base_with_its_weights(tiny_dir, tmp_path):
+    """A saved QLoRA adapter goes onto the bare 4-bit base: one adapter, its trained weights, no fresh one."""
+    policy = load_policy(tiny_dir, qlora=True, lora_r=4)
+    with torch.no_grad():
+        for n, p in policy.model.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.01)
+    saved = {n: p.detach().clone() for n, p in policy.model.named_parameters() if "lora_" in n}
+    out = policy.save(tmp_path / "qlora_adapter")
+    again = load_policy(out, qlora=True)
+    assert again.qlora and again.lora and again.extra["base"] == str(tiny_dir)
+    loaded = {n: p for n, p in again.model.named_parameters() if "lora_" in n}
+    assert loaded.keys() == saved.keys()  # not nested in a second PeftModel
+    assert all(torch.equal(loaded[n].detach(), saved[n]) for n in saved)
+    assert all(p.requires_grad for p in loaded.values())
+
+
 def test_bad_inputs_name_the_fix(tmp_path):
     (tmp_path / "weights.bin").write_text("x")
     with pytest.raises(ValueError, match="folder"):

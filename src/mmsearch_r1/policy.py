@@ -169,17 +169,19 @@ def load_policy(
     revision: str | None = None,
     trust_remote_code: bool = False,
     seed: int = 0,
+    attach: bool = True,
 ) -> Policy:
     """Load a policy by name, local folder or hub id; see the module docstring for names and options.
 
     ``dtype``: "float32", "bfloat16", "auto" (bf16 on GPU, fp32 on CPU) or a ``torch.dtype``; default: the
     checkpoint's own dtype (fp32 for ``tiny``/``demo``). ``qlora`` implies ``lora``. ``sizes`` overrides the
     image pixel budgets of the processor (the demo defaults to `DEMO_SIZES`). ``protocol``: "tags" (the
-    paper's) or "native" (JSON tool calls).
+    paper's) or "native" (JSON tool calls). ``attach=False`` loads the (4-bit, with ``qlora``) base without a
+    new adapter: what a saved adapter is loaded onto.
     """
     name = str(name_or_path)
     torch_dtype = _resolve_dtype(dtype)
-    lora = lora or qlora
+    lora = (lora or qlora) and attach
     lora_kwargs = dict(lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target=lora_target)
     if name == "tiny":
         if qlora:
@@ -218,6 +220,7 @@ def load_policy(
             lora_target=lora_target,
             sizes=sizes or DEMO_SIZES,
             protocol=protocol,
+            attach=attach,
         )
         policy.name, policy.kind = name, "demo"
         return policy
@@ -276,6 +279,7 @@ def _load_adapter(
         sizes=sizes,
         protocol=protocol,
         trust_remote_code=trust_remote_code,
+        attach=False,  # the saved adapter goes on the bare base, not on a second, fresh one
     )
     if qlora:
         from peft import prepare_model_for_kbit_training
