@@ -289,7 +289,7 @@ def test_resume_refuses_a_run_with_other_settings(tmp_path):
 
 def test_resume_skips_a_checkpoint_cut_off_while_saving(tmp_path):
     """A full disk or a kill while saving leaves a checkpoint without trainer_state.json (written last)."""
-    from mmsearch_r1.train import find_resume_checkpoint
+    from mmsearch_r1.resume import find_resume_checkpoint
 
     cfg = _tiny(tmp_path)
     for step, complete in ((2, True), (4, True), (6, False), (10, False)):

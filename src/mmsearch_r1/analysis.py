@@ -307,6 +307,8 @@ def discover(runs_dir: str | Path = "runs") -> dict[str, list[Run]]:
     for path in sorted(Path(runs_dir).glob("*/")):
         if path.name.startswith("miniature"):  # the miniature's own figures: `miniature_figures`
             continue
+        if path.name.startswith("smoke"):  # smoke runs (runs/smoke/) are checks, never results
+            continue
         run = load_run(path)
         if run.metrics:
             out["train"].append(run)

@@ -15,6 +15,10 @@ What it does:
 Both are thin: every step is a call into `world`, `questions`, `data`, `tools`, `rollout` and
 `curation`. Settings live in `DataStageConfig` and are written beside the data as JSON.
 
+* `ensure_inputs`: what a notebook calls first: builds the demo inputs a run reads and that are missing
+  (warm start, world + curation, the demo GRPO run), in `make demo`'s order, with a message each; or,
+  told not to build, stops with one line naming the notebook to run.
+
 What it does not: no training (`train`), no evaluation (`evaluate`), no figures (`analysis`).
 """
 
@@ -156,3 +160,54 @@ def _resample(labelled, free_ratio: float, seed: int):
         print(f"[curation] keeping every labelled row: {exc}")
         keep = set(labels)
     return labelled.select([i for i, d in enumerate(labelled["data_id"]) if d in keep])
+
+
+DEMO_GRPO_FINAL = "runs/demo_grpo/final"
+"""The demo GRPO run's policy (notebook 03 with its defaults, and ``make demo``), which notebook 05 reads."""
+
+
+def _has_policy(folder: Path) -> bool:
+    return (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()
+
+
+def ensure_inputs(model: str = "", dataset: str = "", *, build: bool = True) -> list[str]:
+    """Build the demo inputs that ``model``/``dataset`` name and that are missing; return the steps run.
+
+    Known inputs: ``model="demo-sft"`` (the warm start, notebook 02, ~11 min on 2 cores), ``dataset`` =
+    the curated demo set (world pool + curation with the warm-started policy, ~3 min) and ``model`` =
+    `DEMO_GRPO_FINAL` (the demo GRPO run, ~6 min, after the two before). Anything else is left to
+    `load_policy` / `load_rows`, which name what is wrong. With ``build=False`` a missing input raises
+    one `UserError` naming the notebook or command that makes it.
+    """
+    from mmsearch_r1.cli import UserError
+    from mmsearch_r1.config import DEMO_DATASET
+    from mmsearch_r1.policy import DEMO_SFT_DIR
+
+    cfg = DataStageConfig()
+    needs = []
+    if model in ("demo-sft", DEMO_GRPO_FINAL) and not _has_policy(DEMO_SFT_DIR):
+        needs.append(("warm start", f"{DEMO_SFT_DIR}", "notebooks/02_warmstart.ipynb"))
+    if (dataset == DEMO_DATASET or model == DEMO_GRPO_FINAL) and not Path(DEMO_DATASET).is_file():
+        needs.append(("curated training set", DEMO_DATASET, "notebooks/01_data.ipynb"))
+    if model == DEMO_GRPO_FINAL and not _has_policy(Path(DEMO_GRPO_FINAL)):
+        needs.append(("GRPO run", DEMO_GRPO_FINAL, "notebooks/03_train.ipynb"))
+    if needs and not build:
+        what = "; ".join(f"{path} (the {step}) is missing: run {nb}" for step, path, nb in needs)
+        raise UserError(f"{what}, or make demo, or set build_missing=True")
+    done = []
+    for step, path, _ in needs:
+        print(f"[inputs] {path} is missing: building the {step} as make demo does", flush=True)
+        if step == "warm start":
+            from mmsearch_r1.warmstart import demo_stage as warm_start
+
+            warm_start()
+        elif step == "curated training set":
+            if not (Path(cfg.out_dir) / "world_train_pool.parquet").is_file():
+                world_stage(cfg)
+            curation_stage(cfg)
+        else:
+            from mmsearch_r1.train import demo_stage as grpo
+
+            grpo()
+        done.append(step)
+    return done

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from mmsearch_r1.cli import UserError
 from mmsearch_r1.demo_policy import DEMO_SIZES
 from mmsearch_r1.processor import ImageSizes, build_processor, load_processor
 
@@ -36,6 +37,10 @@ LORA_TARGET = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_pr
 """PEFT ``target_modules`` regex: the language model's linear layers only (not the vision tower)."""
 DEMO_SFT_DIR = Path("runs/warmstart/final")
 """Where notebook 02 (``mmsearch_r1.warmstart``) saves the warm-started demo policy."""
+
+
+class PolicyLoadError(UserError, OSError):
+    """A policy that cannot be loaded (no such folder, an unreachable hub id): the message says what to give."""
 
 
 @dataclass
@@ -132,7 +137,7 @@ def _load_model(
     try:
         return AutoModelForImageTextToText.from_pretrained(path_or_id, **kwargs)
     except OSError as err:
-        raise OSError(
+        raise PolicyLoadError(
             f"cannot load a vision-language model from {path_or_id!r}: {err}. Give a local folder with "
             "config.json and weights, a hub id (needs network or a filled HF cache), 'tiny' or 'demo'."
         ) from err
@@ -142,7 +147,7 @@ def _processor_for(path_or_id: str, sizes: ImageSizes | None, protocol: str):
     try:
         return load_processor(path_or_id, sizes, protocol=protocol)
     except OSError as err:
-        raise OSError(f"cannot load a processor from {path_or_id!r}: {err}") from err
+        raise PolicyLoadError(f"cannot load a processor from {path_or_id!r}: {err}") from err
 
 
 def _attach_lora(model, *, qlora: bool, lora_r: int, lora_alpha: int | None, lora_dropout: float, target):
@@ -204,9 +209,9 @@ def load_policy(
         else:
             path = DEMO_SFT_DIR
             if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-                raise FileNotFoundError(
+                raise PolicyLoadError(
                     f"no warm-started demo policy at {path}: run notebooks/02_warmstart.ipynb "
-                    "(or python -m mmsearch_r1.warmstart) first"
+                    "(or python -m mmsearch_r1.warmstart, or make demo) first"
                 )
         policy = load_policy(
             path,
@@ -226,6 +231,11 @@ def load_policy(
         return policy
     local = Path(name).expanduser()
     is_local = local.exists()
+    if not is_local and _looks_like_a_path(name):
+        raise PolicyLoadError(
+            f"no policy folder at {name}: it does not exist (a hub id looks like 'org/name'). "
+            + _who_writes(name)
+        )
     if is_local and not local.is_dir():
         raise ValueError(
             f"{name!r} is a file; give the folder that holds config.json (or adapter_config.json)"
@@ -262,6 +272,20 @@ def load_policy(
         qlora,
         getattr(model, "dtype", torch_dtype),
     )
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A name that cannot be a hub id ('org/name'): more than one '/', or a leading '.', '/' or '~'."""
+    return name.count("/") > 1 or name.startswith((".", "/", "~")) or name.startswith("runs")
+
+
+def _who_writes(name: str) -> str:
+    """Which step writes a run folder like ``name``."""
+    if "warmstart" in name:
+        return "Run notebooks/02_warmstart.ipynb (or make demo) first."
+    if name.startswith("runs/"):
+        return "Train it first: notebooks/03_train.ipynb, python -m mmsearch_r1.train, or make demo."
+    return "Check the path."
 
 
 def _load_adapter(

@@ -22,13 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import shutil
 import statistics
 import subprocess
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,9 +35,11 @@ from mmsearch_r1.config import (
     coerce_config,
     describe_fields,
     load_config,
+    parse_overrides,
     preset,
     to_grpo_config,
 )
+from mmsearch_r1.resume import check_resume_compatible, clear_checkpoints, find_resume_checkpoint, fingerprint
 
 
 @dataclass
@@ -88,10 +87,11 @@ def _versions() -> dict:
 
 
 def write_run_files(cfg: TrainConfig, *, source: str | None = None, overrides: Any = None) -> Path:
-    """Write ``config.json`` (every resolved field) and ``launch.json`` into the run folder."""
+    """Write ``config.json`` (every resolved field), ``fingerprint.json`` and ``launch.json`` into the run folder."""
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    (run_dir / "fingerprint.json").write_text(json.dumps(fingerprint(cfg), indent=2) + "\n")
     launch = {
         "argv": sys.argv,
         "config_file": source,
@@ -104,66 +104,6 @@ def write_run_files(cfg: TrainConfig, *, source: str | None = None, overrides: A
     }
     (run_dir / "launch.json").write_text(json.dumps(launch, indent=2, default=str) + "\n")
     return run_dir
-
-
-def find_resume_checkpoint(cfg: TrainConfig) -> str | None:
-    """The checkpoint to resume from (``resume``: auto / never / a path), or None."""
-    if cfg.resume == "never":
-        return None
-    if cfg.resume != "auto":
-        if not Path(cfg.resume).is_dir():
-            raise FileNotFoundError(f"resume={cfg.resume!r} is not a checkpoint folder; use auto or never.")
-        return cfg.resume
-    if not cfg.run_dir.is_dir():
-        return None
-    return last_complete_checkpoint(cfg.run_dir)
-
-
-def last_complete_checkpoint(run_dir: Path) -> str | None:
-    """The run folder's newest ``checkpoint-N`` that was written to the end, or None.
-
-    The Trainer writes ``trainer_state.json`` last (after the model, optimizer and RNG states); a
-    checkpoint without it was cut off (a killed run, a full disk) and cannot be resumed, so it is
-    skipped with a warning rather than crashing the resume (transformers' ``get_last_checkpoint`` takes
-    the newest folder whatever its state).
-    """
-    found = sorted(
-        (int(m.group(1)), p)
-        for p in Path(run_dir).iterdir()
-        if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
-    )
-    for _, path in reversed(found):
-        if (path / "trainer_state.json").is_file():
-            return str(path)
-        warnings.warn(f"{path} is incomplete (no trainer_state.json: the run was cut off while saving); "
-                      "resuming from an earlier checkpoint. Delete it to silence this.", stacklevel=2)  # fmt: skip
-    return None
-
-
-RESUMABLE_CHANGES = {"max_steps", "save_steps", "save_total_limit", "resume", "log_samples", "save_final", "name",
-                     "output_dir"}  # fmt: skip
-"""Fields a resumed run may change; any other difference from the checkpointed run is an error."""
-
-
-def check_resume_compatible(cfg: TrainConfig) -> None:
-    """Refuse to resume a run folder whose recorded config differs in a training setting."""
-    path = cfg.run_dir / "config.json"
-    if not path.is_file():
-        return
-    old, new = json.loads(path.read_text()), cfg.to_dict()
-    diff = {k: (old.get(k), v) for k, v in new.items() if k not in RESUMABLE_CHANGES and old.get(k) != v}
-    if diff:
-        text = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items())
-        raise ValueError(
-            f"{cfg.run_dir} holds a run with other settings ({text}); resuming would mix them. "
-            "Use another name/output_dir, or resume=never to start over."
-        )
-
-
-def _clear_checkpoints(run_dir: Path) -> None:
-    for ckpt in run_dir.glob("checkpoint-*"):
-        if ckpt.is_dir():
-            shutil.rmtree(ckpt)
 
 
 def freeze_lower_layers(model, top: int) -> int:
@@ -317,7 +257,7 @@ def train(
         check_resume_compatible(cfg)
     if _is_main():
         if cfg.resume == "never" and cfg.run_dir.is_dir():
-            _clear_checkpoints(cfg.run_dir)
+            clear_checkpoints(cfg.run_dir)
         write_run_files(cfg, source=source, overrides=overrides)
     trainer, parts = build_trainer(cfg, policy=policy, rows=rows, engines=engines, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=resume_from)
@@ -334,6 +274,52 @@ def train(
         summary["num_processes"] = trainer.accelerator.num_processes
         (cfg.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return TrainResult(cfg.run_dir, cfg, metrics, summary, trainer, resume_from, parts)
+
+
+SMOKE_DIR = Path("runs/smoke")
+"""Where smoke runs write: never read as results (``demo-sft``, notebook 05's default and `analysis`
+look elsewhere)."""
+
+
+def notebook_config(
+    preset_name: str = "cpu_demo",
+    *,
+    penalty: float = 0.1,
+    model: str = "",
+    engine: str = "",
+    dataset: str = "",
+    max_steps: int = 0,
+    num_generations: int = 0,
+    lora: bool = False,
+    qlora: bool = False,
+    seed: int = 0,
+    overrides: str = "",
+    name: str = "",
+    output_dir: str = "",
+    resume: str = "auto",
+    smoke: bool = False,
+) -> TrainConfig:
+    """Notebook 03's parameters as a `TrainConfig`, resolved as the command line resolves them.
+
+    ``preset_name`` starts it (``--preset``); an empty string or 0 keeps the preset's value; ``overrides`` is
+    ``--set`` as one string (``"use_vllm=true max_steps=100"``) and wins. So ``-p preset paper -p model M
+    -p qlora True`` equals ``python -m mmsearch_r1.train --preset paper --set model=M --set qlora=true``.
+    A penalty other than the preset's gets its own run folder (``<name>_p<penalty>``). ``smoke`` shrinks
+    it to the tiny policy on the synthetic data in `SMOKE_DIR`.
+    """
+    given = {"model": model, "engine": engine, "dataset": dataset, "max_steps": max_steps, "name": name,
+             "num_generations": num_generations, "output_dir": output_dir, "lora": lora, "qlora": qlora}  # fmt: skip
+    sets = {"penalty": penalty, "seed": seed, "resume": resume, **{k: v for k, v in given.items() if v}}
+    sets.update(parse_overrides(overrides.split()))
+    cfg = load_config(preset=preset_name, overrides=sets)
+    if "name" not in sets and penalty != preset(preset_name).penalty:
+        cfg = cfg.replace(name=f"{cfg.name}_p{penalty:g}")
+    if smoke:  # the same run, shrunk: random tiny policy, synthetic questions and index, 2 short steps
+        cfg = cfg.replace(model="tiny", dataset="synthetic", engine="synthetic", max_steps=2, num_generations=4,
+                          prompts_per_step=2, gradient_accumulation_steps=1, max_completion_length=64, lora=False,
+                          qlora=False, use_vllm=False, output_dir=output_dir or str(SMOKE_DIR / "03_train"),
+                          resume="never", save_final=False)  # fmt: skip
+    return cfg
 
 
 def demo_stage(**changes) -> list[TrainResult]:
@@ -357,10 +343,33 @@ def demo_stage(**changes) -> list[TrainResult]:
     return results
 
 
+EXAMPLES = """examples:
+  python -m mmsearch_r1.train --preset tiny --set max_steps=2          # a one-minute smoke run
+  python -m mmsearch_r1.train --config src/mmsearch_r1/configs/cpu_demo.yaml --set penalty=0.0
+  python -m mmsearch_r1.train --preset paper --set model=Qwen/Qwen2.5-VL-3B-Instruct --set qlora=true
+  python -m mmsearch_r1.train --preset paper --dry-run                 # print the resolved config
+  python -m mmsearch_r1.train --help-config                            # every field, with its meaning
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="GRPO training with on-demand search (TRL GRPOTrainer).")
+    """``python -m mmsearch_r1.train``: a user's mistake is one ``error:`` line (exit 2), see `cli.run`."""
+    from mmsearch_r1.cli import run
+
+    return run(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    from mmsearch_r1.cli import UserError, user_errors
+
+    parser = argparse.ArgumentParser(
+        prog="python -m mmsearch_r1.train",
+        description="GRPO training with on-demand search (TRL GRPOTrainer).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", help="YAML/JSON file of TrainConfig fields (may set 'preset')")
-    parser.add_argument("--preset", help="paper | cpu_demo | tiny (default: the file's, else paper)")
+    parser.add_argument("--preset", help="paper | cpu_demo | tiny (default: the config file's)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--help-config", action="store_true", help="list every TrainConfig field and exit")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -368,7 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.help_config:
         print(describe_fields())
         return 0
-    cfg = load_config(args.config, preset=args.preset, overrides=args.overrides)
+    if not args.config and not args.preset:
+        raise UserError("say what to train: --preset paper|cpu_demo|tiny or --config FILE (see --help)")
+    with user_errors():
+        cfg = load_config(args.config, preset=args.preset, overrides=args.overrides)
     if args.dry_run:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0

@@ -129,9 +129,11 @@ class WarmStartConfig:
     """Tiny sizes everywhere and the ``tiny`` policy instead of ``demo`` (about a minute on CPU), for tests."""
 
     def shrink_for_smoke(self) -> WarmStartConfig:
-        """A copy with smoke sizes."""
+        """A copy with smoke sizes, written under ``runs/smoke/`` unless ``output_dir`` was chosen."""
         c = WarmStartConfig(**{**self.__dict__})
         c.model = "tiny" if self.model == "demo" else self.model  # the demo's 135M LM is minutes, not seconds
+        if self.output_dir == WarmStartConfig.output_dir:  # never where load_policy("demo-sft") looks
+            c.output_dir = "runs/smoke/warmstart"
         c.probe = ProbeConfig(k=1, max_new_tokens=4, batch_size=64)
         c.vision = VisionAlignConfig(steps=3, batch_size=8)
         c.max_train_rows, c.sft_trajectories, c.eval_rows, c.max_length, c.epochs = 8, 8, 4, 4096, 1.0
@@ -410,27 +412,43 @@ def demo_stage() -> dict:
 
 
 def summary_line(m: dict) -> str:
-    """One line of the run's key numbers."""
-    g = m.get("eval_greedy", {}).get("all", {})
+    """One line of the run's key numbers (the validation's, or that it was skipped)."""
+    head = f"warm start: {m.get('total_seconds', 0):.0f} s, peak {m.get('peak_rss_gib', 0):.1f} GiB"
+    g = m.get("eval_greedy", {}).get("all")
+    if not g:
+        return f"{head}, validation skipped (eval_rows=0; python -m mmsearch_r1.warmstart_eval POLICY --validate)"
     rag = m.get("eval_rag_on_unknown", {})
-    return (
-        f"warm start: {m.get('total_seconds', 0):.0f} s, peak {m.get('peak_rss_gib', 0):.1f} GiB, "
-        f"val acc {g.get('acc', float('nan')):.2f}, format {g.get('format', float('nan')):.2f}, "
-        f"search ratio {g.get('searched', float('nan')):.2f}, RAG acc on unknown {rag.get('acc', float('nan')):.2f}"
-    )
+    rag_text = f", RAG acc on unknown {rag['acc']:.2f}" if "acc" in rag else ""
+    return f"{head}, val acc {g['acc']:.2f}, format {g['format']:.2f}, search ratio {g['searched']:.2f}{rag_text}"
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     """``python -m mmsearch_r1.warmstart [--smoke] [--output-dir DIR] [--model NAME]``."""
+    from mmsearch_r1.cli import run
+
+    return run(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m mmsearch_r1.warmstart", description=__doc__.splitlines()[0])
-    p.add_argument("--smoke", action="store_true")
-    p.add_argument("--model", default="demo")
-    p.add_argument("--output-dir", default="runs/warmstart")
+    p = argparse.ArgumentParser(
+        prog="python -m mmsearch_r1.warmstart",
+        description=__doc__.splitlines()[0],
+        epilog="examples:\n  python -m mmsearch_r1.warmstart                  # the CPU demo policy -> runs/warmstart/final\n"
+        "  python -m mmsearch_r1.warmstart --smoke          # tiny policy, about a minute -> runs/smoke/warmstart\n"
+        "  python -m mmsearch_r1.warmstart --model PATH --output-dir runs/ws_mine",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--smoke", action="store_true", help="tiny sizes and the tiny policy (writes under runs/smoke/)"
+    )
+    p.add_argument("--model", default="demo", help="demo, tiny, a local folder or a hub id")
+    p.add_argument("--output-dir", default=WarmStartConfig.output_dir)
     a = p.parse_args(argv)
     print(summary_line(run_warmstart(WarmStartConfig(model=a.model, output_dir=a.output_dir, smoke=a.smoke))))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
