@@ -322,3 +322,15 @@ def test_training_variants_run_one_step(tmp_path, changes):
         assert result.metrics[0]["kl"] is not None  # the reference model ran
     if changes.get("lora"):
         assert (result.run_dir / "checkpoint-1" / "adapter_config.json").is_file()
+
+
+def test_report_to_reaches_the_trainer_and_tensorboard_gets_the_steps(tmp_path):
+    from mmsearch_r1.train import train
+
+    assert to_grpo_config(preset("tiny", report_to="tensorboard")).report_to == ["tensorboard"]
+    assert to_grpo_config(preset("tiny", report_to="none")).report_to == []
+    with pytest.raises(ValueError, match="not_a_logger is not installed"):
+        to_grpo_config(preset("tiny", report_to="tensorboard,not_a_logger"))
+    result = train(_tiny(tmp_path, max_steps=1, save_steps=10, report_to="tensorboard"))
+    assert list(result.run_dir.glob("runs/*/events.out.tfevents.*"))
+    assert [m["step"] for m in read_metrics(result.run_dir / "metrics.jsonl")] == [1]  # the jsonl stays

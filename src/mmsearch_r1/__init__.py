@@ -9,3 +9,9 @@ reward), ``tools`` (search engines and the cache), ``world``/``questions``/``dat
 """
 
 __version__ = "0.1.0"
+
+import logging as _logging
+
+# bitsandbytes' CPU 4-bit path first tries a faster kernel fetched from the hub ("kernels-community") and
+# warns on every import when it cannot; offline it never can, and its own fallback is what runs.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)

@@ -62,6 +62,10 @@ class TrainConfig:
     """Save the trained policy (model or adapter + processor) to ``<run>/final`` at the end."""
     log_samples: int = 2
     """Trajectories per step written to ``samples.jsonl`` (text, turn by turn; images as ``<image>``)."""
+    report_to: str = "tensorboard"
+    """Where the Trainer also logs each step: ``tensorboard`` (event files in ``<run>/runs/``; view with
+    ``tensorboard --logdir runs``), ``wandb``, ``trackio``, several comma-separated, or ``none``.
+    ``metrics.jsonl`` is written whatever this says (the analysis reads it)."""
 
     # -- policy ------------------------------------------------------------------------------------
     model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
@@ -288,6 +292,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "bf16": "false",
         "gradient_checkpointing": "false",
         "save_final": False,
+        "report_to": "none",
     },
 }
 """Named starting points; a config file or ``--set`` overrides refine them."""
@@ -497,6 +502,20 @@ def fast_bf16() -> bool:
         return False
 
 
+def reporters(report_to: str) -> list[str]:
+    """``report_to`` ("tensorboard", "wandb,trackio", "none") as the Trainer's list; an integration that is
+    not installed is a clear error rather than a failure at the first step."""
+    from transformers.integrations import get_available_reporting_integrations
+
+    names = [n.strip() for n in report_to.split(",") if n.strip() and n.strip() != "none"]
+    missing = [n for n in names if n not in get_available_reporting_integrations()]
+    if missing:
+        raise ValueError(f"report_to={report_to!r}: {', '.join(missing)} is not installed (or not a logger that "
+                         f"transformers knows); pip install {' '.join(missing)}, or report_to=none (metrics.jsonl is "
+                         "written anyway).")  # fmt: skip
+    return names
+
+
 def world_size() -> int:
     """Processes of this launch (``WORLD_SIZE`` from torchrun/accelerate; 1 otherwise)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -564,7 +583,7 @@ def to_grpo_config(
         save_total_limit=cfg.save_total_limit,
         remove_unused_columns=False,  # SearchEnv.reset and the reward read question/answer/aliases/image
         log_completions=False,  # TRL 1.16 cannot write image-tool completions to parquet (Trap 2)
-        report_to="none",
+        report_to=reporters(cfg.report_to),
         disable_tqdm=False,
     )
     kwargs.update(cfg.grpo_overrides)

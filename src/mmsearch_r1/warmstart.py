@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from mmsearch_r1.config import DEMO_IMAGE_K, DEMO_TEXT_K, _flag, fast_bf16
+from mmsearch_r1.config import DEMO_IMAGE_K, DEMO_TEXT_K, _flag, fast_bf16, reporters
 from mmsearch_r1.env import EnvConfig
 from mmsearch_r1.processor import image_sizes_of
 from mmsearch_r1.vision_align import VisionAlignConfig
@@ -114,6 +114,9 @@ class WarmStartConfig:
     differing only in batch order differ by)."""
     train_vision: bool = False
     """Also train the vision tower during SFT."""
+    report_to: str = "tensorboard"
+    """Where SFT also logs its loss: ``tensorboard`` (``output_dir/sft/runs/``), ``wandb``, ``trackio``, or
+    ``none`` (as `mmsearch_r1.config.TrainConfig.report_to`)."""
     bf16: str = "auto"
     """bf16 mixed precision (autocast, fp32 weights) in SFT: ``auto`` (on where matmuls are natively bf16,
     `mmsearch_r1.config.fast_bf16`), ``true``, ``false``."""
@@ -139,6 +142,7 @@ class WarmStartConfig:
         c.max_train_rows, c.sft_trajectories, c.eval_rows, c.max_length, c.epochs = 8, 8, 4, 4096, 1.0
         c.batch_size, c.grad_accum, c.eval_max_new_tokens, c.eval_sampled = 2, 1, 16, False
         c.visual_known = min(self.visual_known, 10)
+        c.report_to = "none"
         return c
 
 
@@ -286,7 +290,7 @@ def sft(policy, rows: list[dict], cfg: WarmStartConfig, output_dir: Path) -> dic
         warmup_steps=0.05,
         logging_steps=1,
         save_strategy="no",
-        report_to="none",
+        report_to=reporters(cfg.report_to),
         gradient_checkpointing=False,
         remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
