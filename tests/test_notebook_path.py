@@ -117,3 +117,22 @@ def test_warm_start_summary_says_when_validation_was_skipped():
 
     line = summary_line({"total_seconds": 5, "peak_rss_gib": 1.0})
     assert "validation skipped" in line and "nan" not in line
+
+
+def test_a_failing_demo_stage_fails_make_demo_with_its_name(monkeypatch, capsys):
+    from mmsearch_r1 import demo
+
+    ran = []
+
+    def broken():
+        raise ImportError("cannot import name 'x' from a stage's own code")
+
+    stages = [
+        ("first", lambda: ran.append(1), "ok"),
+        ("second", broken, "breaks"),
+        ("third", ran.clear, "never"),
+    ]
+    monkeypatch.setattr(demo, "STAGES", stages)
+    assert demo.main([]) == 1
+    err = capsys.readouterr().err
+    assert "[failed] second" in err and "ImportError" in err and ran == [1]

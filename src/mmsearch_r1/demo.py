@@ -3,8 +3,8 @@
 What it does: runs, in order, the stages of the pipeline (world → warm start → curation → GRPO with
 penalty 0.1 → evaluation of direct, RAG and on-demand → figures) and ends with a short printed
 summary. ``--reproduce`` (``make reproduce``) runs `REPRODUCE_STAGES` instead: the paper's penalty and
-balance ablations on the miniature, and all figures. A stage whose module is not in this checkout yet is
-reported as missing, never faked.
+balance ablations on the miniature, and all figures. A stage that fails stops the run with its traceback,
+its name and exit status 1, so ``make demo`` fails with it.
 
 What it does not: no logic of its own; each stage is a call into the library.
 """
@@ -12,44 +12,32 @@ What it does not: no logic of its own; each stage is a call into the library.
 from __future__ import annotations
 
 import argparse
-import importlib
+import sys
 import time
+import traceback
+from collections.abc import Callable
 
+from mmsearch_r1 import analysis, evaluate, miniature, miniature_figures, pipeline, train, warmstart
 from mmsearch_r1.protocol import render_turn
 from mmsearch_r1.rewards import reward_parts
 
-# (stage name, module, function run with no arguments, what it does)
-STAGES: list[tuple[str, str, str, str]] = [
-    (
-        "world",
-        "mmsearch_r1.pipeline",
-        "world_stage",
-        "the offline world, its search indexes, the question pool",
-    ),
-    ("warm start", "mmsearch_r1.warmstart", "demo_stage", "supervised warm start of the CPU policy"),
-    (
-        "curation",
-        "mmsearch_r1.pipeline",
-        "curation_stage",
-        "search-balanced curation with the warm-started policy",
-    ),
-    ("GRPO", "mmsearch_r1.train", "demo_stage", "GRPO with on-demand search, penalty 0.1"),
-    ("evaluation", "mmsearch_r1.evaluate", "demo_stage", "direct / RAG / on-demand on the test split"),
-    ("figures", "mmsearch_r1.analysis", "demo_stage", "figures from the run folders"),
+# (stage name, function run with no arguments, what it does)
+STAGES: list[tuple[str, Callable, str]] = [
+    ("world", pipeline.world_stage, "the offline world, its search indexes, the question pool"),
+    ("warm start", warmstart.demo_stage, "supervised warm start of the CPU policy"),
+    ("curation", pipeline.curation_stage, "search-balanced curation with the warm-started policy"),
+    ("GRPO", train.demo_stage, "GRPO with on-demand search, penalty 0.1"),
+    ("evaluation", evaluate.demo_stage, "direct / RAG / on-demand on the test split"),
+    ("figures", analysis.demo_stage, "figures from the run folders"),
 ]
-REPRODUCE_STAGES: list[tuple[str, str, str, str]] = [
-    (
-        "Finding 5",
-        "mmsearch_r1.miniature",
-        "reproduce_stage",
-        "the miniature's penalty and balance ablations",
-    ),
-    ("figures", "mmsearch_r1.miniature_figures", "demo_stage", "the miniature's curves, frontier, table"),
-    ("demo figures", "mmsearch_r1.analysis", "demo_stage", "figures of any make demo runs under runs/"),
+REPRODUCE_STAGES: list[tuple[str, Callable, str]] = [
+    ("Finding 5", miniature.reproduce_stage, "the miniature's penalty and balance ablations"),
+    ("figures", miniature_figures.demo_stage, "the miniature's curves, frontier, table"),
+    ("demo figures", analysis.demo_stage, "figures of any make demo runs under runs/"),
 ]
 """``make reproduce``: the paper's ablations. They run on the miniature (a from-scratch ~1M-parameter
-policy, 2-4 s per GRPO step) because the CPU demo policy costs ~75 s per step; run ``make demo`` for
-the demo policy's own pipeline."""
+policy) because the CPU demo policy is far slower per GRPO step; run ``make demo`` for the demo
+policy's own pipeline."""
 
 
 def reward_table() -> list[tuple[str, float]]:
@@ -71,18 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reproduce", action="store_true", help="run the ablations instead (make reproduce)")
     args = parser.parse_args(argv)
-    missing, done = [], []
-    for name, module, func, what in REPRODUCE_STAGES if args.reproduce else STAGES:
-        try:
-            mod = importlib.import_module(module)
-            fn = getattr(mod, func)
-        except (ImportError, AttributeError):
-            print(f"[missing] {name}: {what} ({module}.{func} is not in this checkout yet)")
-            missing.append(name)
-            continue
+    done = []
+    for name, fn, what in REPRODUCE_STAGES if args.reproduce else STAGES:
         t0 = time.perf_counter()
         print(f"[run] {name}: {what}", flush=True)
-        fn()
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - say which stage failed, keep its traceback, stop
+            traceback.print_exc()
+            print(
+                f"\n[failed] {name}: {what} (stages before it finished: {[n for n, _ in done]})",
+                file=sys.stderr,
+            )
+            return 1
         done.append((name, time.perf_counter() - t0))
     print("\nReward self-check (the paper's six values):")
     for name, value in reward_table():
@@ -90,8 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     print("\nSummary:")
     for name, secs in done:
         print(f"  ran     {name:<12} {secs:7.1f} s")
-    for name in missing:
-        print(f"  missing {name}")
     return 0
 
 
