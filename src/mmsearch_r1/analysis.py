@@ -369,6 +369,33 @@ def _penalty_of(run: Run, runs_dir: Path) -> float | None:
     return json.loads(cfg.read_text()).get("penalty") if cfg.is_file() else None
 
 
+def run_pairs(spec: str, runs_dir: str | Path = "runs") -> dict[str, Path]:
+    """``"p0.1:grpo_a, p0:grpo_b"`` -> ``{"p0.1": runs/grpo_a, "p0": runs/grpo_b}`` (a bare name labels itself)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        label, _, run = part.partition(":")
+        out[label] = Path(runs_dir) / (run or label)
+    return out
+
+
+def frontier_figure(evals: Sequence[Run], runs_dir: str | Path, path: str | Path, *, spec: str = "",
+                    benchmark: str | None = None) -> tuple[pd.DataFrame, Path | None]:  # fmt: skip
+    """The frontier of on-demand evaluations over penalties (from ``spec``'s ``penalty:run`` pairs, else
+    the penalty in each evaluated policy's training config), with the RAG workflow as the reference
+    point; ``(table, figure path or None when there is nothing to draw)``."""
+    runs_dir = Path(runs_dir)
+    if spec:
+        pens = {float(k): load_run(v) for k, v in run_pairs(spec, runs_dir).items()}
+    else:
+        pens = {p: r for r in evals if (p := _penalty_of(r, runs_dir)) is not None}
+    fr = frontier(pens, benchmark=benchmark) if pens else pd.DataFrame()
+    if not len(fr):
+        return fr, None
+    rag = [b["rag"]["all"] for r in evals for b in r.eval["benchmarks"].values() if "rag" in b]
+    point = (rag[0]["sr_any"], rag[0]["acc"]) if rag else None
+    return fr, plot_frontier(fr, path, rag=point)
+
+
 def demo_stage(runs_dir: str | Path = "runs", figures_dir: str | Path = "figures") -> dict:
     """Draw every figure the run folders allow, save them to ``figures_dir`` and print the table."""
     runs_dir, figures_dir = Path(runs_dir), Path(figures_dir)
@@ -394,21 +421,11 @@ def demo_stage(runs_dir: str | Path = "runs", figures_dir: str | Path = "figures
         beh = behaviour_breakdown(evals, benchmark=bench)
         if len(beh):
             written["behaviour"] = str(plot_behaviour(beh, figures_dir / "answer_behaviour.png"))
-        pens = {p: r for r in found["eval"] if (p := _penalty_of(r, runs_dir)) is not None}
-        if pens:
-            rag = next((r.eval["avg"].get("rag") for r in found["eval"] if "rag" in r.eval["avg"]), None)
-            fr = frontier(pens, benchmark=bench)
-            if len(fr):
-                point = None
-                if rag:
-                    rag_all = [
-                        b["rag"]["all"]
-                        for r in found["eval"]
-                        for b in r.eval["benchmarks"].values()
-                        if "rag" in b
-                    ]
-                    point = (rag_all[0]["sr_any"], rag_all[0]["acc"]) if rag_all else None
-                written["frontier"] = str(plot_frontier(fr, figures_dir / "frontier.png", rag=point))
+        _, frontier_path = frontier_figure(
+            found["eval"], runs_dir, figures_dir / "frontier.png", benchmark=bench
+        )
+        if frontier_path:
+            written["frontier"] = str(frontier_path)
     if found["train"]:
         f5 = finding5(found["train"], found["eval"])
         print("[figures] Finding 5 (final search ratio; on training questions: SR by category, vs RAG):")
