@@ -136,3 +136,20 @@ def test_a_failing_demo_stage_fails_make_demo_with_its_name(monkeypatch, capsys)
     assert demo.main([]) == 1
     err = capsys.readouterr().err
     assert "[failed] second" in err and "ImportError" in err and ran == [1]
+
+
+@pytest.mark.parametrize(
+    "name", ["01_data", "02_warmstart", "03_train", "04_scale_up", "05_eval", "06_analysis"]
+)
+def test_papermill_reads_every_parameter(name):
+    """`papermill --help-notebook` and `-p` know every global of the parameters cell (a comment with quotes
+    or '=' hides a parameter from papermill's parser)."""
+    import ast
+
+    import papermill
+
+    path = ROOT / "notebooks" / f"{name}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    declared = [n.target.id for n in ast.parse(cell.source).body if isinstance(n, ast.AnnAssign)]
+    assert declared and list(papermill.inspect_notebook(str(path))) == declared
