@@ -232,10 +232,9 @@ DEMO_DATASET = "data/generated/world_train.parquet"
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     # The CPU demo: the warm-started SmolLM2-135M Qwen2.5-VL policy, offline world, 2 cores. The top 8 LM
-    # layers are trained (as in the warm start); beta 0 drops the reference forward (a CPU study saw RL
-    # without KL erode memorised answers over 100+ steps; the demo runs far fewer). lr 1e-5: 5e-5 flipped
-    # a SmolLM2 policy to always-search after one update (reference/smollm2_feasibility.md). Provisional
-    # sizes (rollouts, steps): to be re-measured with the warm-started policy against make demo's budget.
+    # layers are trained (as in the warm start); beta 0 drops the reference forward (the demo runs few
+    # steps); lr 1e-5, since larger steps flip a 135M policy to always-search. Sizes are chosen to fit
+    # make demo's 30 minutes: the measurements behind each are in docs/cpu_demo_settings.md.
     "cpu_demo": {
         "name": "demo_grpo",
         "model": "demo-sft",
@@ -245,12 +244,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train_top_layers": 8,  # as the warm start (notebook 02) trains
         "image_k": DEMO_IMAGE_K,  # as in the warm start (the policy was taught on these)
         "text_k": DEMO_TEXT_K,
-        # 8 rollouts per step. Measured on 2 shared cores (benchmarks/bench_train.py): a warm-started demo
-        # policy took 50-120 s/step (median 85: generation 28 s, tools 0.2 s, training forward/backward
-        # 57 s; peak RSS 6.0 GB); the un-warm-started one, which rambles to max_completion_length, 222-403 s
-        # (499-690 s with 16 rollouts). With 2 threads and bf16 (`fast_bf16`) a step took 23-70 s in
-        # `make demo` (median 49; 303 s for one whose rollout looped to 542 tokens); 8 steps, to fit its
-        # 30-minute budget (27 min 56 s measured; 10 steps ran it to about 32 minutes).
+        # 8 rollouts per step and 8 steps: what make demo's budget allows (docs/cpu_demo_settings.md).
         "num_generations": 4,
         "prompts_per_step": 2,
         "steps_per_generation": 1,
@@ -490,8 +484,7 @@ def _flag(value: str, auto: bool) -> bool:
 
 def fast_bf16() -> bool:
     """Whether bf16 mixed precision pays here: a GPU with bf16, or a CPU whose oneDNN has native bf16
-    matmuls (AVX512-BF16 or AMX). On this project's 2-core AVX512-BF16 machine a 900x576x1536 matmul ran
-    3x faster in bf16 and a demo-policy SFT step (2 x 450 tokens) went from 3.8 to 2.1 s (2 threads)."""
+    matmuls (AVX512-BF16 or AMX), where it roughly halves a demo-policy SFT step (docs/cpu_demo_settings.md)."""
     import torch
 
     if torch.cuda.is_available():

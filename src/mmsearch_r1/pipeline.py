@@ -44,8 +44,7 @@ class DataStageConfig:
     """Policy that curates (`policy.load_policy`): the warm-started CPU demo policy."""
     curation_questions: int = 16
     """Training-pool questions to curate (seeded sample). The demo's 8 GRPO steps of 2 prompts see 16;
-    curation is the demo's dearest stage per question (2 x k rollouts each): 20 questions took 273 s of a
-    `make demo` that, with 10 GRPO steps, would have run about 32 minutes."""
+    curation is the demo's dearest stage per question (2 x k rollouts each)."""
     k: int = 2
     """Sampled rollouts per question and mode (paper: 8; 2 keeps the demo within its budget)."""
     temperature: float = 1.0

@@ -8,10 +8,8 @@ as TRL does). It logs TRL's ``entropy`` and ``mean_token_accuracy`` from the sam
 Why by hand: TRL 1.16's fused LM head scores only the supervised positions on Triton devices (CUDA,
 XPU); elsewhere it scores every position so that tile shapes stay static for compilers. On the CPU demo
 the loss covers ~20% of a trajectory's tokens (the policy's own turns), and the full head (49,152-word
-vocabulary) with its backward was half of an SFT step: on 2 cores with bf16 autocast a step of 2 x 450
-tokens took 2.96-3.10 s with every position scored and 1.52-1.77 s with the supervised ones only
-(``benchmarks/bench_sft_head.py``). The
-loss is the same quantity; only the positions that do not count are skipped.
+vocabulary) with its backward was about half of an SFT step (``benchmarks/bench_sft_head.py`` times both).
+The loss is the same quantity; only the positions that do not count are skipped.
 
 What it does not: on a Triton device, or with a custom ``compute_loss_func``, label smoothing, a loss
 type other than "nll", sequence parallelism, a model wrapped for distributed training (its wrapper's

@@ -78,24 +78,17 @@ class WarmStartConfig:
     """Train-split questions turned into trajectories (seeded sample); None: all."""
     sft_trajectories: int | None = 400
     """Trajectories kept for SFT, balanced over the action sequences by ``plan_weights``; None: all.
-    Measured on 48 validation questions (RAG on the 43 that need a search): 160 trajectories (10% RAG-
-    shaped) accuracy 0.52, RAG 0.42; 320 (25% RAG-shaped, 20% direct, 15% text search) 0.73, RAG 0.86;
-    these 400 (the 80 more are direct answers and text searches, short text-only rows) 0.79, RAG 0.86,
-    SFT 726 s instead of 555 s (all with answers written without ``answer_space``)."""
+    Fewer taught the protocol but not the RAG copy skill (docs/cpu_demo_settings.md)."""
     plan_weights: dict = field(default_factory=lambda: {
         "answer": 0.26, "image_search -> answer": 0.12, "text_search -> answer": 0.22,
         "image_search -> text_search -> answer": 0.2, RAG_PLAN: 0.2})  # fmt: skip
     """Target share of each action sequence among the SFT trajectories (the search share starts at ~74%).
     ``RAG_PLAN`` is the RAG workflow's shape (scripted searches, then the answer from the results), so that
     the RAG baseline meets turns the policy has seen. The knowledge boundary is learned from the direct
-    answers and the text searches of text-only questions, so they get the most rows (104 and 88 of 400):
-    against 64 and 48 of 320, on all 46 validation text-only questions the policy answered 3 of the 25
-    facts its language model does not know directly and wrongly (was 8), 0 of the 21 it knows (was 2),
-    searched 50% of them (was 26%), accuracy 0.80 (was 0.72)."""
+    answers and the text searches of text-only questions, so they get the most rows."""
     answer_space: bool = True
     """Write the answers ``<answer> Lisbon</answer>``: the name's tokens are then those it has inside the
-    results' sentences, so the answer is a copy of tokens (`warmstart_data.trajectory`). RAG check on
-    all 128 search-needing validation questions: 0.93 with, 0.87 without (README)."""
+    results' sentences, so the answer is a copy of tokens (`warmstart_data.trajectory`)."""
     max_length: int = 900
     """Longer trajectories (tokens, images included) are left out."""
     epochs: float = 1.0
@@ -108,10 +101,8 @@ class WarmStartConfig:
     """Peak learning rate (cosine decay, 5% warm-up)."""
     train_top_layers: int = 8
     """Language-model layers trained, counted from the top (-1: all, with the embeddings frozen). The
-    frozen layers below run without autograd, which is most of the CPU saving. 8 of SmolLM2's 30 (as the
-    `cpu_demo` GRPO preset): against 6 on the same recipe, validation accuracy 0.73 vs 0.69, format 0.90
-    vs 0.875, RAG 0.86 vs 0.79, SFT 555 s vs 603 s (one run each, so within the ~9 points of RAG that runs
-    differing only in batch order differ by)."""
+    frozen layers below run without autograd, which is most of the CPU saving. 8 of SmolLM2's 30, as the
+    `cpu_demo` GRPO preset trains."""
     train_vision: bool = False
     """Also train the vision tower during SFT."""
     report_to: str = "tensorboard"
@@ -253,12 +244,11 @@ class ProtocolCollator:
 
 def length_batched(rows: list[dict], batch_size: int, seed: int) -> list[dict]:
     """``rows`` (each with a ``length``) reordered so that every run of ``batch_size`` rows has similar
-    lengths (~25% fewer padded tokens per SFT step here), with the batches in a seeded random order.
+    lengths (fewer padded tokens per SFT step), with the batches in a seeded random order.
 
     Written by hand because transformers' ``group_by_length`` sampler sorts each megabatch longest first:
     every ~40 steps ran from the long search trajectories to the short direct answers, and the last,
-    low-learning-rate steps taught only direct answers. Its run (notebook 02's defaults) searched on 7%
-    of the text-only validation questions instead of 60%, and scored 0.74 instead of 0.88 on the RAG check.
+    low-learning-rate steps taught only direct answers (docs/cpu_demo_settings.md has that run's numbers).
     """
     order = sorted(range(len(rows)), key=lambda i: rows[i]["length"])
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
