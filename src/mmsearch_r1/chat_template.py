@@ -14,7 +14,7 @@ What it does:
   (the paper's trigger rule: ``<search><img></search>$`` and the last ``<text_search>``).
 - `install_tag_protocol(processor)` / `check_tag_protocol(processor)`: set both on a processor (or a
   tokenizer) and verify at start-up that this transformers parses both tags and passes TRL's gates.
-  TRL swallows every parser ``ValueError``/``TypeError`` as "no tool call" (Trap 3), so a broken
+  TRL swallows every parser ``ValueError``/``TypeError`` as "no tool call", so a broken
   parser would otherwise train silently with zero searches.
 - `install_native_protocol(processor)`: the secondary protocol, JSON tool calls
   (``<tool_call>{json}</tool_call>``, Qwen3-VL style) with TRL's shipped ``qwen3_vl.jinja`` and TRL's

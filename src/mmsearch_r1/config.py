@@ -5,8 +5,8 @@ What it does:
   reward, GRPO and run-folder settings. Its defaults are the paper's (MMSearch-R1, App. F.1 and the
   released script): 8 rollouts per prompt, lr 2e-6, beta 0.001, clip 0.2, 2 tool-calling rounds
   (3 assistant turns), penalty 0.1, format weight 0.1, and per-group advantage scaling
-  (``scale_rewards="group"``: under batch scaling a 0.1 penalty has no effect, see
-  ``reference/ondemand_feasibility.md``).
+  (``scale_rewards="group"``: under batch scaling a 0.1 penalty had no measurable effect in a CPU
+  study of on-demand search).
 - `PRESETS`: ``paper`` (the defaults), ``cpu_demo`` (the CPU demo policy's own settings) and ``tiny``
   (tests and smoke runs).
 - `load_config(path, preset=, overrides=)`: preset, then a YAML/JSON file (which may name its own
@@ -575,7 +575,7 @@ def to_grpo_config(
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         remove_unused_columns=False,  # SearchEnv.reset and the reward read question/answer/aliases/image
-        log_completions=False,  # TRL 1.16 cannot write image-tool completions to parquet (Trap 2)
+        log_completions=False,  # TRL 1.16 cannot write completions that hold tool images to parquet
         report_to=reporters(cfg.report_to),
         disable_tqdm=False,
     )

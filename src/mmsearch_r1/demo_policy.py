@@ -14,7 +14,7 @@ What it does:
 What it does not do: build the processor or install the chat template (``mmsearch_r1.policy.load_policy``
 does that), or train anything.
 
-Mapping (``reference/offline_assets.md``, fact 5): ``model.*`` -> ``model.language_model.*``, ``lm_head`` tied to
+Mapping of SmolLM2's Llama weights: ``model.*`` -> ``model.language_model.*``, ``lm_head`` tied to
 the embeddings, q/k/v biases zero, ``rope_theta = 1e5``; M-RoPE with text-only positions is 1-D RoPE as long as
 ``mrope_section`` sums to ``head_dim / 2``. The four new vision-token rows of the embedding start at the mean of
 the old rows (the logits of SmolLM2's own 49,152 tokens are unchanged).

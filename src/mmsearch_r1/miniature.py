@@ -1,7 +1,7 @@
 """The miniature: the paper's Finding 5 (search penalty and data balance) on CPU, in ~20-40 minutes.
 
-What it does (``python -m mmsearch_r1.miniature`` or `reproduce_stage()`), following
-``reference/ondemand_feasibility.md`` inside this project's own stack:
+What it does (``python -m mmsearch_r1.miniature`` or `reproduce_stage()`), following a
+published CPU recipe for on-demand search, inside this project's own stack:
 1. `mmsearch_r1.miniature_data.build_data`: ``capital_of`` questions about KNOWN / UNKNOWN countries, a
    BM25 fact index, the from-scratch ~1M-parameter Qwen2.5-VL.
 2. `warm_start`: a plain torch loop (assistant-token loss with the masks of `sft_examples`; AdamW, betas

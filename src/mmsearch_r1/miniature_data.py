@@ -1,6 +1,6 @@
 """The miniature's world, questions, search index, policy and warm-start trajectories (the paper's Finding 5 on CPU).
 
-What it does (the recipe of ``reference/ondemand_feasibility.md``, ported to this project's stack):
+What it does (a published CPU recipe for on-demand search, ported to this project's stack):
 - `MiniatureConfig`: every setting of the miniature (data, model, warm start, GRPO, evaluation).
 - `build_data(cfg)`: the offline world's countries with ASCII names (<= 24 chars) and capitals (<= 16,
   not contained in the name), shuffled (seeded) into KNOWN and UNKNOWN halves, each split into RL-train

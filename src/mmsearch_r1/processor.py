@@ -7,7 +7,7 @@ What it does:
   * without torchvision, ``Qwen2_5_VLProcessor(...)`` refuses a missing video processor (the video
     processor classes are gated behind torchvision; older versions fail on ``VIDEO_PROCESSOR_MAPPING``);
   * the PIL image processor returns numpy arrays, and TRL 1.16's tool loop then crashes in
-    ``split_pixel_values_by_grid`` on the first tool round with no image result (Trap 1). The tensor
+    ``split_pixel_values_by_grid`` on the first tool round with no image result. The tensor
     subclass returns torch tensors, as the torchvision backend does.
 - `ImageSizes`: the pixel bounds of question images (the processor's ``min_pixels``/``max_pixels``) and the
   cap for search thumbnails, applied by `fit_image` before a thumbnail reaches the processor, so that
@@ -187,7 +187,7 @@ class TensorQwen2VLImageProcessor(Qwen2VLImageProcessorPil):
     """The PIL (torchvision-free) Qwen2-VL image processor, returning torch tensors like the torchvision one.
 
     TRL 1.16 concatenates per-prompt ``pixel_values``/``image_grid_thw`` with ``torch.cat`` only when they
-    are tensors; numpy arrays become Python lists and crash the tool loop (Trap 1). Values are identical
+    are tensors; numpy arrays become Python lists and crash the tool loop. Values are identical
     to the parent's; only the container type changes.
     """
 

@@ -8,7 +8,7 @@ What it does:
   colocate or server mode; `vllm_serve_command(...)`: the matching ``trl vllm-serve``.
 - `torchrun_command(...)` / `run_cpu_ddp_smoke(...)`: a two-process CPU run with ``torchrun`` (gloo)
   through the same entry point, checked afterwards (`check_distributed_run`). ``accelerate launch --cpu
-  --num_processes 2`` silently runs one process (reference/stack.md), hence torchrun.
+  --num_processes 2`` silently runs one process (accelerate 1.15), hence torchrun.
 - `memory_budget_rows(...)`: GPU memory for model states from documented formulas (DeepSpeed's own
   estimators, the QLoRA paper's bits per parameter), labelled as such; activations, KV cache and vLLM's
   reserved fraction are listed separately, not estimated.

@@ -5,7 +5,7 @@ never run, so that the visual tokens of an image *are* (close to) the input embe
 ``"red flag of France"`` for an entity in the ``known`` set, ``"red flag"`` (no name) for any other. The
 pretrained language model then reads a known flag as if the caption were written in the prompt, and can
 copy the name or the colour from it; for an unknown flag it sees no name. Which entities are known is a
-parameter (DESIGN.md: the policy's visual knowledge boundary). Each visual token regresses one caption
+parameter (the policy's visual knowledge boundary). Each visual token regresses one caption
 token (the caption tiled over the image's tokens) with a mean-squared error on the embeddings plus a
 cross-entropy over the vocabulary through the (tied) embedding matrix. Images are fresh random
 perturbations of the world's clean images (`questions.perturb_image`), never the pool's query images.
