@@ -132,7 +132,8 @@ def test_numeric_and_odd_candidate_answers(tmp_path):
     pq.write_table(pa.Table.from_pylist(recs), path)
     ds, rep = D.load_fvqa_parquet(path, return_report=True)  # no TypeError aborting the load
     assert ds["aliases"] == [[], ["1985"], ["seven"]]
-    assert rep.bad == [("fvqa_train_3", "candidate answers must be a list, a string or a number, not dict")]
+    why = "column 'reward_model.candidate_answers': candidate answers must be a list, a string or a number, not dict"
+    assert rep.bad == [("fvqa_train_3", why)]
     assert D._candidates(1984) == ["1984"] and D._candidates([None, 2.5, " "]) == ["2.5"]
     assert D._candidates(None) == [] and D._candidates("Lima") == ["Lima"]
 

@@ -37,6 +37,7 @@ def test_modes_and_counters(tmp_path):
         "writes": 1,
         "dollars_spent": 0.01,
         "dollars_saved": 0.01,
+        "damaged": 0,
     }
     replay = SearchCache(path, "replay-only")
     assert replay.get("k1") == [{"title": "t"}]

@@ -2,7 +2,10 @@
 
 What it does: reads each benchmark either from the Hugging Face hub (when reachable) or from a local
 file in the benchmark's own format, into the row schema of ``mmsearch_r1.data``; bad rows are handled
-as there (``on_bad``: report, raise or keep). ``load_benchmark(name, path)`` dispatches by name.
+as there (``on_bad``: report, raise or keep, each reason naming the column), a local file's name is in
+every report and error, a column missing from the whole file is one error naming it, and a file that
+is not valid JSON / jsonl is an error naming the file (and line). ``load_benchmark(name, path)``
+dispatches by name.
 
 What it does not: no network access of its own (the hub is reached only through ``datasets`` /
 ``huggingface_hub``), no scoring. The names stay importable from ``mmsearch_r1.data``.
@@ -17,7 +20,16 @@ from typing import Any
 
 import datasets
 
-from mmsearch_r1.data import _candidates, _parquet_records, convert_rows, decode_image, load_fvqa_parquet
+from mmsearch_r1.data import (
+    _candidates,
+    _parquet_records,
+    column,
+    convert_rows,
+    decode_image,
+    load_fvqa_parquet,
+    read_jsonl,
+    require_columns,
+)
 
 HUB_IDS = {
     "fvqa": "lmms-lab/FVQA",
@@ -36,6 +48,23 @@ def _hub(name: str, loader: Callable[[], Any]) -> Any:
             f"could not load {name} from the Hugging Face hub ({type(exc).__name__}: {str(exc)[:200]}). "
             f"Offline? Download it elsewhere and pass path=... (see mmsearch_r1.benchmarks_data.load_benchmark)."
         ) from exc
+
+
+def _require(records: Any, required: tuple[str, ...], where: str, expects: str) -> None:
+    """`require_columns` over records: a Dataset's ``column_names``, else the keys of its dict records."""
+    names = getattr(records, "column_names", None)
+    if names is None:
+        names = set().union(*(r.keys() for r in records if isinstance(r, dict)))
+    if len(records):  # no records: nothing to check (and nothing to load)
+        require_columns(names, required, where=where, expects=expects)
+
+
+def _as_list(value: Any) -> list:
+    """A list of answers from a list, an array or a single value (a bare string is one answer)."""
+    value = value.tolist() if hasattr(value, "tolist") else value
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 def load_fvqa(split: str = "train", *, path: str | Path | None = None, **kw) -> datasets.Dataset:
@@ -60,20 +89,27 @@ def load_infoseek(
     path = Path(path)
     if path.suffix == ".parquet":
         return load_fvqa_parquet(path, on_bad=on_bad)
-    recs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    recs = read_jsonl(path)
+    _require(recs, ("image_id", "question", "answer"), str(path),
+             "InfoSeek jsonl lines {data_id, image_id, question, answer, answer_eval}")  # fmt: skip
 
     def to_row(r: dict, i: int) -> dict:
-        golds = [a for a in r.get("answer_eval") or r.get("answer") or [] if isinstance(a, str)]
-        answer = (r.get("answer") or golds or [""])[0]
-        if isinstance(answer, dict):  # numeric answers: {"range": [...], "wikidata": x}
-            answer = str(answer.get("wikidata", ""))
-        img = Path(image_root or path.parent) / f"{r.get('image_id')}.jpg"
-        return {"data_id": str(r.get("data_id") or f"infoseek_{i}"), "image": decode_image(str(img)),
-                "question": r.get("question", ""), "answer": str(answer),
+        with column("answer"):
+            answers = _as_list(r.get("answer"))
+            golds = [a for a in _as_list(r.get("answer_eval")) or answers if isinstance(a, str)]
+            answer = (answers or golds or [""])[0]
+            if isinstance(answer, dict):  # numeric answers: {"range": [...], "wikidata": x}
+                answer = str(answer.get("wikidata", ""))
+        with column("image_id"):
+            if not r.get("image_id"):
+                raise ValueError("missing image id")
+            image = decode_image(str(Path(image_root or path.parent) / f"{r['image_id']}.jpg"))
+        return {"data_id": str(r.get("data_id") or f"infoseek_{i}"), "image": image,
+                "question": str(r.get("question") or ""), "answer": str(answer),
                 "aliases": [a for a in golds if a != answer], "category": None,
                 "kind": r.get("question_type"), "source": "infoseek"}  # fmt: skip
 
-    return convert_rows(recs, to_row, source="infoseek", on_bad=on_bad)[0]
+    return convert_rows(recs, to_row, source="infoseek", on_bad=on_bad, where=str(path))[0]
 
 
 def load_mmsearch(path: str | Path | None = None, *, on_bad: str = "report") -> datasets.Dataset:
@@ -88,15 +124,22 @@ def load_mmsearch(path: str | Path | None = None, *, on_bad: str = "report") -> 
         )
     else:
         recs = _parquet_records(path)
+    where = str(path or HUB_IDS["mmsearch"])
+    _require(recs, ("query", "query_image", "gt_answer"), where,
+             "MMSearch end2end columns sample_id, query, query_image, gt_answer, alternative_gt_answers")  # fmt: skip
 
     def to_row(r: dict, i: int) -> dict:
         gt = str(r.get("gt_answer") or "").strip()
-        return {"data_id": str(r.get("sample_id") or f"mmsearch_{i}"), "image": decode_image(r.get("query_image")),
-                "question": str(r.get("query") or ""), "answer": gt,
-                "aliases": [a for a in _candidates(r.get("alternative_gt_answers")) if a != gt],
+        with column("query_image"):
+            image = decode_image(r.get("query_image"))
+        with column("alternative_gt_answers"):
+            aliases = [a for a in _candidates(r.get("alternative_gt_answers")) if a != gt]
+        return {"data_id": str(r.get("sample_id") or f"mmsearch_{i}"), "image": image,
+                "question": str(r.get("query") or ""), "answer": gt, "aliases": aliases,
                 "category": None, "kind": r.get("area"), "source": "mmsearch"}  # fmt: skip
 
-    return convert_rows(recs, to_row, source="mmsearch", on_bad=on_bad)[0]
+    names = {"question": "query", "answer": "gt_answer"}
+    return convert_rows(recs, to_row, source="mmsearch", on_bad=on_bad, where=where, names=names)[0]
 
 
 def load_simplevqa(
@@ -110,15 +153,20 @@ def load_simplevqa(
         recs = _hub("SimpleVQA", lambda: datasets.load_dataset(HUB_IDS["simplevqa"], split="test"))
     else:
         recs = _parquet_records(path)
+    where = str(path or HUB_IDS["simplevqa"])
+    _require(recs, ("image", "question", "answer") + (("language",) if language else ()), where,
+             "SimpleVQA columns data_id, image, question, answer, language (language=None: no filter)")  # fmt: skip
     if language:
         recs = [r for r in recs if str(r.get("language") or "").upper().startswith(language.upper())]
 
     def to_row(r: dict, i: int) -> dict:
-        return {"data_id": f"simplevqa_{r.get('data_id', i)}", "image": decode_image(r.get("image")),
+        with column("image"):
+            image = decode_image(r.get("image"))
+        return {"data_id": f"simplevqa_{r.get('data_id', i)}", "image": image,
                 "question": str(r.get("question") or ""), "answer": str(r.get("answer") or "").strip(),
                 "aliases": [], "category": None, "kind": r.get("vqa_category"), "source": "simplevqa"}  # fmt: skip
 
-    return convert_rows(recs, to_row, source="simplevqa", on_bad=on_bad)[0]
+    return convert_rows(recs, to_row, source="simplevqa", on_bad=on_bad, where=where)[0]
 
 
 def load_livevqa(path: str | Path | None = None, *, on_bad: str = "report") -> datasets.Dataset:
@@ -131,22 +179,32 @@ def load_livevqa(path: str | Path | None = None, *, on_bad: str = "report") -> d
                                                          allow_patterns=["qa.json", "image/**"]))  # fmt: skip
     root = Path(path)
     qa = root / "qa.json" if root.is_dir() else root
-    data = json.loads(qa.read_text(encoding="utf-8"))
-    recs = data if isinstance(data, list) else data.get("data") or data.get("samples") or []
+    expects = "LiveVQA qa.json: a list of {sample_id, query, query_image, gt_answer} objects"
+    try:
+        data = json.loads(qa.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{qa} is not valid JSON ({exc}); expected {expects}") from exc
+    recs = data.get("data") or data.get("samples") if isinstance(data, dict) else data
+    if not isinstance(recs, list):
+        raise ValueError(
+            f"{qa} holds a JSON {type(data).__name__} without a list of samples; expected {expects}"
+        )
+    _require(recs, ("query", "query_image", "gt_answer"), str(qa), expects)
 
     def to_row(r: dict, i: int) -> dict:
-        img = str(r.get("query_image") or "")
-        if not img:
-            raise ValueError("missing image")
-        p = qa.parent / img.lstrip("/")
-        p = p if p.is_file() else qa.parent / "image" / Path(img).name
-        gt = r.get("gt_answer")
-        golds = [str(a) for a in (gt if isinstance(gt, list) else [gt]) if a is not None and str(a).strip()]
-        return {"data_id": str(r.get("sample_id") or f"livevqa_{i}"), "image": decode_image(str(p)),
+        with column("query_image"):
+            img = str(r.get("query_image") or "")
+            if not img:
+                raise ValueError("missing image")
+            p = qa.parent / img.lstrip("/")
+            image = decode_image(str(p if p.is_file() else qa.parent / "image" / Path(img).name))
+        golds = [str(a) for a in _as_list(r.get("gt_answer")) if a is not None and str(a).strip()]
+        return {"data_id": str(r.get("sample_id") or f"livevqa_{i}"), "image": image,
                 "question": str(r.get("query") or ""), "answer": golds[0] if golds else "",
                 "aliases": golds[1:], "category": None, "kind": r.get("topic"), "source": "livevqa"}  # fmt: skip
 
-    return convert_rows(recs, to_row, source="livevqa", on_bad=on_bad)[0]
+    names = {"question": "query", "answer": "gt_answer"}
+    return convert_rows(recs, to_row, source="livevqa", on_bad=on_bad, where=str(qa), names=names)[0]
 
 
 def load_benchmark(name: str, path: str | Path | None = None, **kw) -> datasets.Dataset:

@@ -6,8 +6,13 @@ converts the FVQA / veRL parquet format (``prompt``, ``images``, ``reward_model{
 candidate_answers}``, ``data_source``, ``data_id``, ``category``, optional ``extra_info``) to and from
 it (``load_fvqa_parquet``, ``write_fvqa_parquet``, ``write_pool``). Rows with a missing or corrupt
 image or an empty question/answer are dropped *and reported* (``LoadReport``: ids, reasons, count) -
-or kept or raised on, as the caller asks. ``to_row`` helpers (``decode_image``, ``convert_rows``) are
-shared with the benchmark readers.
+or kept or raised on, as the caller asks; every reason names the column, and a column missing from
+the whole file is one error that lists it with what the reader expects. An image over
+``MAX_IMAGE_PIXELS`` (a decompression bomb) is a bad row like a corrupt one. ``to_row`` helpers
+(``decode_image``, ``convert_rows``, ``column``, ``require_columns``) are shared with the benchmark
+readers. ``read_jsonl`` reads a jsonl file line by line, naming the file and line of a bad one; for
+append-only run files (``metrics.jsonl``, ``samples.jsonl``, ``eval_items.jsonl``) it skips, with a
+warning, the cut last line a killed process leaves.
 
 What it does not: no benchmark readers (``benchmarks_data.py``: FVQA from the hub, InfoSeek, MMSearch,
 SimpleVQA, LiveVQA; ``load_benchmark`` and friends stay importable from here), no question
@@ -21,7 +26,8 @@ import binascii
 import io
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,12 @@ log = logging.getLogger(__name__)
 ROW_COLUMNS = ("data_id", "image", "question", "answer", "aliases", "category", "kind", "source")
 """The columns every row has (others may follow)."""
 CATEGORIES = ("search_free", "search_required")
+MAX_IMAGE_PIXELS = 89_478_485
+"""Largest image (width x height) a reader decodes: PIL's default decompression-bomb bound. A bigger
+image is a bad row (reported like a corrupt one), not an out-of-memory crash or an aborted load."""
+FVQA_COLUMNS = ("prompt", "images", "reward_model")
+"""Columns an FVQA / veRL parquet must have (``data_id``, ``category``, ``data_source`` and
+``extra_info`` are optional)."""
 
 
 def row_features(extra: dict[str, Any] | None = None) -> datasets.Features:
@@ -89,11 +101,12 @@ class LoadReport:
         )
 
 
-def decode_image(obj: Any, *, root: Path | None = None) -> Image.Image:
+def decode_image(obj: Any, *, root: Path | None = None, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """RGB PIL image (transparency on white) from a PIL image, {'bytes','path'} dict, raw bytes, a
     base64 string or a file path (relative paths under ``root``).
 
-    Raises ValueError naming the problem: missing image, file not found, or corrupt/unreadable data.
+    Raises ValueError naming the problem: missing image, file not found, corrupt/unreadable data, or
+    an image over ``max_pixels`` (checked from the header, before the pixels are decoded).
     """
     if isinstance(obj, list | tuple):
         if not obj:
@@ -112,13 +125,18 @@ def decode_image(obj: Any, *, root: Path | None = None) -> Image.Image:
             data = p.read_bytes() if len(obj) < 1024 and p.is_file() else base64.b64decode(obj, validate=True)
         else:
             data = bytes(obj)
-        im = Image.open(io.BytesIO(data))
-        im.load()
-        return to_rgb(im)
+        im = Image.open(io.BytesIO(data))  # reads the header only: the size is known, no pixels yet
+        if im.width * im.height <= max_pixels:
+            im.load()
+            return to_rgb(im)
+    except Image.DecompressionBombError as exc:  # PIL's own check, at twice its bound, in Image.open
+        raise ValueError(f"image over the pixel bound ({exc}): shrink it or drop the row") from exc
     except (OSError, binascii.Error, ValueError, SyntaxError) as exc:
         if isinstance(obj, str) and _looks_like_path(obj) and not p.is_file():
             raise ValueError(f"image file not found: {p}") from exc
         raise ValueError(f"corrupt or unreadable image ({type(exc).__name__})") from exc
+    raise ValueError(f"image of {im.width}x{im.height} pixels is over the bound of {max_pixels:,} "
+                     "(a decompression bomb or an unscaled scan): shrink it or drop the row")  # fmt: skip
 
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
@@ -130,6 +148,31 @@ def _looks_like_path(s: str) -> bool:
     return len(s) < 1024 and (s.lower().endswith(_IMAGE_SUFFIXES) or "/" in s or "\\" in s)
 
 
+@contextmanager
+def column(name: str) -> Iterator[None]:
+    """Re-raise a ValueError, TypeError or AttributeError of the block as a ValueError naming ``name``.
+
+    ``to_row`` functions read each source column inside ``with column("..."):`` so that a bad value
+    (an int prompt, a string where a struct belongs) becomes a bad row saying which column is wrong.
+    """
+    try:
+        yield
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"column {name!r}: {exc}") from exc
+
+
+def require_columns(columns: Iterable[str], required: Iterable[str], *, where: str, expects: str) -> None:
+    """One ValueError listing every ``required`` column absent from ``columns`` and what is expected.
+
+    A column missing from the whole file is a wrong file or format, not thousands of bad rows.
+    """
+    have = set(columns)
+    missing = [c for c in required if c not in have]
+    if missing:
+        has = ", ".join(sorted(have)) or "none"
+        raise ValueError(f"{where}: missing column(s) {', '.join(missing)} (has {has}); expected {expects}")
+
+
 def convert_rows(
     records: Iterable[dict[str, Any]],
     to_row: Callable[[dict[str, Any], int], dict[str, Any]],
@@ -137,38 +180,47 @@ def convert_rows(
     source: str,
     on_bad: str = "report",
     extra: dict[str, Any] | None = None,
+    where: str | None = None,
+    names: Mapping[str, str] | None = None,
 ) -> tuple[datasets.Dataset, LoadReport]:
-    """Map raw records to rows with ``to_row``; rows it rejects (ValueError) are handled by ``on_bad``.
+    """Map raw records to rows with ``to_row``; rows it rejects are handled by ``on_bad``.
 
-    on_bad: "report" (drop, log a warning with ids and count), "raise" (ValueError on the first),
-    "keep" (keep with image None / empty fields, still reported).
+    A row is rejected when ``to_row`` raises ValueError (or TypeError / AttributeError: a value of an
+    unexpected type) or leaves the question or answer empty. on_bad: "report" (drop, log a warning
+    with ids and count), "raise" (ValueError on the first), "keep" (keep with image None / empty
+    fields, still reported). ``where``: the file read, named in the report; ``names``: the source
+    column of ``question`` / ``answer``, named when they are empty.
     """
     if on_bad not in ("report", "raise", "keep"):
         raise ValueError(f"on_bad must be 'report', 'raise' or 'keep', not {on_bad!r}")
-    rep, rows = LoadReport(source), []
+    names = {"question": "question", "answer": "answer", **(names or {})}
+    rep, rows = LoadReport(f"{source} ({where})" if where and where != source else source), []
     for i, rec in enumerate(records):
         rep.n_total += 1
+        rec_get = rec.get if isinstance(rec, Mapping) else {}.get
+        rid = str(rec_get("data_id") or rec_get("sample_id") or rec_get("id") or f"{source}_{i}")
         try:
+            if not isinstance(rec, Mapping):
+                raise ValueError(f"record is a {type(rec).__name__}, not an object with named columns")
             row = to_row(rec, i)
-            if not str(row.get("question") or "").strip():
-                raise ValueError("empty question")
-            if not str(row.get("answer") or "").strip():
-                raise ValueError("empty answer")
+            for key in ("question", "answer"):
+                if not str(row.get(key) or "").strip():
+                    raise ValueError(f"column {names[key]!r}: empty {key}")
             rows.append(row)
-        except ValueError as exc:
-            rid = str(rec.get("data_id") or rec.get("sample_id") or rec.get("id") or f"{source}_{i}")
+        except (ValueError, TypeError, AttributeError) as exc:
+            why = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
             if on_bad == "raise":
-                raise ValueError(f"{source} row {rid}: {exc}") from exc
-            rep.bad.append((rid, str(exc)))
+                raise ValueError(f"{rep.source} row {rid}: {why}") from exc
+            rep.bad.append((rid, why))
             if on_bad == "keep":
-                rows.append(_partial_row(rec, rid, source))
+                rows.append(_partial_row(rec_get, rid, source))
     if rep.bad:
         log.warning("%s", rep)
     return rows_to_dataset(rows, extra), rep
 
 
-def _partial_row(rec: dict, rid: str, source: str) -> dict[str, Any]:
-    return {"data_id": rid, "image": None, "question": str(rec.get("question") or ""), "answer": "",
+def _partial_row(rec_get: Callable[[str], Any], rid: str, source: str) -> dict[str, Any]:
+    return {"data_id": rid, "image": None, "question": str(rec_get("question") or ""), "answer": "",
             "aliases": [], "category": None, "kind": None, "source": source}  # fmt: skip
 
 
@@ -176,14 +228,17 @@ def _partial_row(rec: dict, rid: str, source: str) -> dict[str, Any]:
 
 
 def _prompt_text(prompt: Any) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    msgs = list(prompt or [])
-    users = [m for m in msgs if isinstance(m, dict) and m.get("role") == "user"] or msgs
+    prompt = prompt.tolist() if hasattr(prompt, "tolist") else prompt  # numpy arrays from parquet
+    if prompt is None or isinstance(prompt, str):
+        return prompt or ""
+    if not isinstance(prompt, list | tuple):
+        raise ValueError(f"must be a string or a list of chat messages, not {type(prompt).__name__}")
+    msgs = [m for m in prompt if isinstance(m, Mapping)]
+    users = [m for m in msgs if m.get("role") == "user"] or msgs
     content = users[-1].get("content", "") if users else ""
     if isinstance(content, list):  # multimodal content blocks
-        content = " ".join(c.get("text", "") for c in content if isinstance(c, dict))
-    return str(content).replace("<image>", "").strip()
+        content = " ".join(str(c.get("text") or "") for c in content if isinstance(c, Mapping))
+    return str(content or "").replace("<image>", "").strip()
 
 
 def _candidates(raw: Any) -> list[str]:
@@ -219,50 +274,105 @@ def fvqa_record_to_row(rec: dict[str, Any], i: int = 0, *, source: str | None = 
     ``source``: an explicit value, else ``extra_info["source"]`` (what ``write_fvqa_parquet`` stores),
     else ``data_source``."""
     rm = rec.get("reward_model") or {}
-    gt = rm.get("ground_truth")
-    if isinstance(gt, dict):  # some veRL variants: {"target": [...]}
-        gt = (gt.get("target") or [""])[0]
-    if isinstance(gt, list):
-        gt = gt[0] if gt else ""
-    gt = str(gt or "").strip()
+    with column("reward_model"):
+        if not isinstance(rm, Mapping):
+            raise ValueError(f"must be a struct {{ground_truth, candidate_answers}}, not {type(rm).__name__}")
+        gt = rm.get("ground_truth")
+        if isinstance(gt, Mapping):  # some veRL variants: {"target": [...]}
+            gt = gt.get("target")
+        gt = gt.tolist() if hasattr(gt, "tolist") else gt
+        if isinstance(gt, list | tuple):
+            gt = gt[0] if gt else ""
+        gt = str(gt or "").strip()
+    with column("reward_model.candidate_answers"):
+        aliases = [a for a in _candidates(rm.get("candidate_answers")) if a != gt]
     extra = rec.get("extra_info") or {}
-    if isinstance(extra, str):
-        try:
-            extra = json.loads(extra or "{}")
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"extra_info is not JSON ({exc})") from exc
-    if not isinstance(extra, dict):
+    with column("extra_info"):
+        if isinstance(extra, str):
+            try:
+                extra = json.loads(extra or "{}")
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not JSON ({exc})") from exc
+    if not isinstance(extra, Mapping):
         extra = {}
     category = rec.get("category") or extra.get("category")
-    row = {
+    with column("images"):
+        image = decode_image(rec.get("images"))
+    with column("prompt"):
+        question = _prompt_text(rec.get("prompt"))
+    return {
         "data_id": str(rec.get("data_id") or extra.get("data_id") or f"{source or 'fvqa'}_{i}"),
-        "image": decode_image(rec.get("images")),
-        "question": _prompt_text(rec.get("prompt")),
+        "image": image,
+        "question": question,
         "answer": gt,
-        "aliases": [a for a in _candidates(rm.get("candidate_answers")) if a != gt],
+        "aliases": aliases,
         "category": category if category in CATEGORIES else None,
         "kind": extra.get("kind") or None,
         "source": source or str(extra.get("source") or rec.get("data_source") or "fvqa"),
     }
-    return row
 
 
-def _parquet_records(path: str | Path) -> list[dict[str, Any]]:
+def _parquet_records(path: str | Path, required: Iterable[str] = (), expects: str = "") -> list[dict]:
+    """The rows of a parquet file as dicts, after checking that its ``required`` columns exist."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such parquet file: {path}")
-    return pq.read_table(path).to_pylist()
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"{path} is not a readable parquet file ({exc}); check the path") from exc
+    require_columns(table.column_names, required, where=str(path), expects=expects)
+    return table.to_pylist()
 
 
 def load_fvqa_parquet(
     path: str | Path, *, on_bad: str = "report", return_report: bool = False
 ) -> datasets.Dataset | tuple[datasets.Dataset, LoadReport]:
     """Read an FVQA / veRL parquet file into the row schema (extra_info fields are not kept)."""
-    recs = _parquet_records(path)
-    ds, rep = convert_rows(recs, lambda r, i: fvqa_record_to_row(r, i), source=str(path), on_bad=on_bad)
+    expects = "FVQA / veRL columns prompt, images, reward_model{ground_truth, candidate_answers}"
+    recs = _parquet_records(path, FVQA_COLUMNS, expects)
+    names = {"question": "prompt", "answer": "reward_model.ground_truth"}
+    ds, rep = convert_rows(recs, fvqa_record_to_row, source=str(path), on_bad=on_bad, names=names)
     return (ds, rep) if return_report else ds
+
+
+def read_jsonl(path: str | Path, *, append_only: bool = False) -> list[dict[str, Any]]:
+    """The JSON objects of a jsonl file, one per non-blank line, in order.
+
+    A line that is not a JSON object is a ValueError naming the file, the line and the fix - except in
+    an ``append_only`` file (a run's ``metrics.jsonl``, ``samples.jsonl``, ``eval_items.jsonl``). A
+    process killed mid-write leaves a cut last line there, and the resume must go on: bad lines are
+    skipped with a warning naming them, and a missing file reads as no records.
+    """
+    path = Path(path)
+    if append_only and not path.is_file():
+        return []
+    try:  # a cut in the middle of a multi-byte character spoils only the cut line
+        lines = path.read_bytes().decode("utf-8", errors="replace" if append_only else "strict").splitlines()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text ({exc}); a jsonl file must be UTF-8") from exc
+    last = max((n for n, line in enumerate(lines, 1) if line.strip()), default=0)
+    out: list[dict[str, Any]] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            problem = None if isinstance(rec, dict) else f"a JSON {type(rec).__name__}, not an object"
+        except json.JSONDecodeError as exc:
+            problem = f"not JSON ({exc.msg} at column {exc.colno})"
+        if problem is None:
+            out.append(rec)
+        elif not append_only:
+            raise ValueError(f"{path} line {n} is {problem}: each line must be a JSON object; fix it")
+        elif n == last:
+            log.warning("%s: skipped the cut last line %d (a run killed mid-write): %s", path, n, problem)
+        else:
+            log.warning("%s: skipped damaged line %d of %d: %s", path, n, last, problem)
+    return out
 
 
 def write_fvqa_parquet(

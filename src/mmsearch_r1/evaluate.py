@@ -269,18 +269,18 @@ def evaluate(
 
 
 def load_eval(run_dir: str | Path) -> tuple[dict, list[dict]]:
-    """``(eval.json, eval_items records)`` of a run folder (records empty if the jsonl is missing)."""
+    """``(eval.json, eval_items records)`` of a run folder (records empty if the jsonl is missing).
+
+    ``eval_items.jsonl`` is appended to as the evaluation goes: a last line cut by a kill is skipped with
+    a warning (`mmsearch_r1.data.read_jsonl`, append-only mode).
+    """
+    from mmsearch_r1.data import read_jsonl
+
     run_dir = Path(run_dir)
     path = run_dir / "eval.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run mmsearch_r1.evaluate.evaluate (notebook 05) first.")
-    items = run_dir / "eval_items.jsonl"
-    records = (
-        [json.loads(line) for line in items.read_text().splitlines() if line.strip()]
-        if items.is_file()
-        else []
-    )
-    return json.loads(path.read_text()), records
+    return json.loads(path.read_text()), read_jsonl(run_dir / "eval_items.jsonl", append_only=True)
 
 
 def results_table(result: dict) -> list[dict]:

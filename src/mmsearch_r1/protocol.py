@@ -5,7 +5,10 @@ end of the turn: ``<answer>…</answer>``, ``<search><img></search>`` (image sea
 image) or ``<text_search>query</text_search>``. ``parse_turn`` reads one turn and never raises: a
 malformed turn becomes a ``Turn`` of kind ``"invalid"`` whose ``why`` names the problem.
 ``validate_trajectory`` checks a whole sequence of turns under the ``strict`` grammar (the paper's
-four sequences) or the ``flexible`` grammar (any order within the budgets).
+four sequences) or the ``flexible`` grammar (any order within the budgets). Parsing takes time linear
+in the turn's length (``str.find`` scans and regexes that never retry from later positions), so a
+runaway generation of repeated tags or whitespace cannot stall the reward; a non-``str`` turn (even
+one whose ``str()`` raises) is an invalid turn, not an exception.
 
 Two separate questions are answered for every turn, and kept apart on purpose:
 
@@ -56,9 +59,12 @@ Kind = Literal["answer", "image_search", "text_search", "invalid"]
 Action = Literal["answer", "image_search", "text_search"]
 SEARCH_ACTIONS: tuple[str, ...] = ("image_search", "text_search")
 
-_END_TOKENS_RE = re.compile(r"(?:\s*(?:<\|im_end\|>|<\|endoftext\|>))+\s*$")
-_REASON_RE = re.compile(r"<reason>(.*?)</reason>", re.DOTALL)
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+# End-of-turn tokens and whitespace at the end of a turn, matched on the *reversed* turn: anchored at
+# the start of the reversed text, the regex never retries from later positions (a ``$``-anchored
+# search on the turn itself rescans every whitespace run from each of its characters: quadratic).
+_END_TOKENS_REVERSED_RE = re.compile(
+    r"\s*(?:(?:" + "|".join(re.escape(t[::-1]) for t in END_OF_TURN_TOKENS) + r")\s*)*"
+)
 _WS_RE = re.compile(r"\s+")
 
 
@@ -109,7 +115,40 @@ STRICT_SEQUENCES: tuple[tuple[str, ...], ...] = (
 
 
 def _strip_end(text: str) -> str:
-    return _END_TOKENS_RE.sub("", text).strip()
+    """``text`` without its trailing end-of-turn tokens and without surrounding whitespace."""
+    cut = _END_TOKENS_REVERSED_RE.match(text[::-1]).end()
+    return text[: len(text) - cut].strip()
+
+
+def _first_block(text: str, open_tag: str, close_tag: str) -> tuple[str, int] | None:
+    """(inner text, end index) of the first closed ``open_tag…close_tag`` block, or None.
+
+    The leftmost-opening block with the nearest close after it, like a lazy-regex search, but in two
+    ``str.find`` scans: when the first opening tag has no close after it, no later one has either.
+    """
+    start = text.find(open_tag)
+    if start == -1:
+        return None
+    inner = start + len(open_tag)
+    close = text.find(close_tag, inner)
+    if close == -1:
+        return None
+    return text[inner:close], close + len(close_tag)
+
+
+def _last_block(text: str, open_tag: str, close_tag: str) -> str | None:
+    """Inner text of the last of the non-overlapping closed blocks read left to right, or None.
+
+    Each character is scanned once: the loop stops at the first opening tag that has no close after
+    it (no later block can close either).
+    """
+    pos, last = 0, None
+    while (start := text.find(open_tag, pos)) != -1:
+        close = text.find(close_tag, start + len(open_tag))
+        if close == -1:
+            break
+        last, pos = (start + len(open_tag), close), close + len(close_tag)
+    return None if last is None else text[last[0] : last[1]]
 
 
 def _action_at_end(body: str) -> tuple[Action | None, str | None, int]:
@@ -134,12 +173,16 @@ def _count(text: str, tag: str) -> int:
 def parse_turn(text: str) -> Turn:
     """Parse one assistant turn. Never raises; malformed text gives ``kind == "invalid"``."""
     if not isinstance(text, str):
-        return Turn(kind="invalid", why=f"turn is {type(text).__name__}, not str", text=str(text))
+        try:
+            shown = str(text)
+        except Exception:  # noqa: BLE001 - any object may reach here; its str() must not break parsing
+            shown = f"<unprintable {type(text).__name__}>"
+        return Turn(kind="invalid", why=f"turn is {type(text).__name__}, not str", text=shown)
     body = _strip_end(text)
-    answers = _ANSWER_RE.findall(body)
-    answer = answers[-1].strip() if answers else None
-    reason_match = _REASON_RE.search(body)
-    reason = reason_match.group(1).strip() if reason_match else None
+    last_answer = _last_block(body, ANSWER_OPEN, ANSWER_CLOSE)
+    answer = last_answer.strip() if last_answer is not None else None
+    reason_block = _first_block(body, REASON_OPEN, REASON_CLOSE)
+    reason = reason_block[0].strip() if reason_block else None
     action, query, action_start = _action_at_end(body)
 
     def invalid(why: str) -> Turn:
@@ -164,15 +207,15 @@ def parse_turn(text: str) -> Turn:
         if any(tag in body for tag in (ANSWER_CLOSE, IMAGE_SEARCH_TAG, TEXT_SEARCH_CLOSE)):
             return invalid("text after the action: the action must end the turn")
         return invalid("no action: end the turn with <answer>, <search><img></search> or <text_search>")
-    if reason_match is None:
+    if reason_block is None:
         return invalid("missing <reason>…</reason> before the action")
     if not body.startswith(REASON_OPEN):
         return invalid("text before <reason>: the turn must start with <reason>")
     if _count(body, REASON_OPEN) > 1:
         return invalid("more than one <reason> block")
-    if reason_match.end() > action_start:
+    inside, reason_end = reason_block
+    if reason_end > action_start:
         return invalid("the action must come after </reason>")
-    inside = reason_match.group(1)
     if any(tag in inside for tag in (ANSWER_OPEN, SEARCH_OPEN, TEXT_SEARCH_OPEN, INFO_OPEN)):
         return invalid("action tag inside <reason>")
     n_actions = _count(body, ANSWER_OPEN) + _count(body, IMAGE_SEARCH_TAG) + _count(body, TEXT_SEARCH_OPEN)

@@ -9,9 +9,13 @@ What it does:
 - `TimedGRPOTrainer`: ``trl.GRPOTrainer`` plus timers around generation and the tool loop (logged as
   ``timing/*``) and a copy of the last batch's rollouts (``last_rollouts``: prompt, completion messages
   with their images, reward) for notebooks and ``samples.jsonl``. It changes no behaviour of TRL.
+- `rollout_text`: one ``samples.jsonl`` line (``log_samples`` rollouts a step): the messages as text
+  (images as ``<image>``), the row's kind, the final answer and its exact match, and the question image
+  and thumbnails as small bounded JPEGs (`rollout_images_field`) for `mmsearch_r1.viewer`.
 - `GracefulStop`: on SIGTERM (and SIGINT outside Jupyter) finish the current step, checkpoint, stop;
   a SIGKILL loses at most the steps since the last periodic checkpoint.
-- `read_metrics(path)`: the metrics as a list of dicts (last record per step wins).
+- `read_metrics(path)`: the metrics as a list of dicts (last record per step wins). A last line cut by
+  a kill (``metrics.jsonl`` or ``samples.jsonl``) is skipped with a warning, so the run can resume.
 
 What it does not: no training setup (``mmsearch_r1.train``), no plots (the notebooks).
 """
@@ -30,6 +34,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
+
+from mmsearch_r1.data import read_jsonl
 
 # canonical metrics.jsonl field <- TRL log key
 CANONICAL = {
@@ -69,20 +75,13 @@ def peak_memory_mb() -> float:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """Records of a metrics.jsonl, one per step (the last record of a step wins), sorted by step."""
-    path = Path(path)
-    if not path.is_file():
-        return []
+    """Records of a metrics.jsonl, one per step (the last record of a step wins), sorted by step.
+
+    A line cut by a kill is skipped with a warning (`mmsearch_r1.data.read_jsonl`, append-only mode).
+    """
     by_step: dict[int, dict] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+    for rec in read_jsonl(path, append_only=True):
+        if isinstance(rec.get("step"), int):
             by_step[rec["step"]] = rec
     return [by_step[s] for s in sorted(by_step)]
 
@@ -121,10 +120,12 @@ class MetricsLogger(TrainerCallback):
         if state.is_world_process_zero:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             truncate_metrics(self.path, state.global_step)
-            if self.samples_path.exists():
-                rows = [json.loads(x) for x in self.samples_path.read_text().splitlines() if x.strip()]
-                keep = [r for r in rows if r.get("step", 0) <= state.global_step]
-                self.samples_path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+            if self.samples_path.exists():  # a cut last line (a kill mid-write) is dropped with a warning
+                rows = read_jsonl(self.samples_path, append_only=True)
+                keep = [r for r in rows if (r.get("step") or 0) <= state.global_step]
+                tmp = self.samples_path.with_suffix(".jsonl.tmp")
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+                tmp.replace(self.samples_path)
 
     def on_step_begin(self, args, state, control, **kwargs):
         self._t0 = time.perf_counter()
@@ -175,11 +176,30 @@ def _blocks_text(content: Any) -> str:
     return "".join(out)
 
 
-def rollout_text(rollout: dict) -> dict:
-    """A rollout as JSON-able text: question, answer, reward, and each message (images as ``<image>``)."""
+SAMPLE_IMAGE_SIDE = 128
+"""Longest side (px) of the images a ``samples.jsonl`` line keeps for the viewer (`mmsearch_r1.viewer`);
+read at call time, so ``run_logging.SAMPLE_IMAGE_SIDE = 0`` keeps none."""
+SAMPLE_MAX_IMAGES = 12
+"""At most this many images per line: the question image, then thumbnails in order (the rest dropped)."""
+
+
+def rollout_text(rollout: dict, *, images: bool = True) -> dict:
+    """A rollout as JSON-able text: question, answer, reward, and each message (images as ``<image>``).
+
+    For the viewer it adds the row's ``data_id``, ``kind``, ``category`` and ``aliases``, the final
+    answer (``prediction``, as `rollout.Trajectory.record` reads it) with its exact match (``correct_em``),
+    ``searched`` (a tool ran), the tool messages' ``name``, and with ``images`` (and ``SAMPLE_IMAGE_SIDE``
+    > 0) ``images``: the question image and thumbnails as small JPEGs (`rollout_images_field`).
+    """
+    from mmsearch_r1.protocol import parse_turn
+    from mmsearch_r1.rewards import exact_match, golds_of
+    from mmsearch_r1.trl_rewards import message_to_tag_text
+
     messages = []
     for m in rollout.get("completion") or []:
         entry = {"role": m.get("role"), "content": _blocks_text(m.get("content"))}
+        if m.get("role") == "tool" and m.get("name"):
+            entry["name"] = m["name"]
         if m.get("reasoning_content"):
             entry["reasoning"] = m["reasoning_content"]
         if m.get("tool_calls"):
@@ -188,12 +208,51 @@ def rollout_text(rollout: dict) -> dict:
                 for c in m["tool_calls"]
             ]
         messages.append(entry)
-    return {
+    completion = [m for m in rollout.get("completion") or [] if isinstance(m, dict)]
+    final = next((m for m in reversed(completion) if m.get("role") == "assistant"), None)
+    turn = parse_turn(message_to_tag_text(final)) if final is not None else None
+    prediction = turn.answer if turn is not None and turn.action == "answer" else None
+    aliases = rollout.get("aliases")
+    out = {
         "question": rollout.get("question"),
         "answer": rollout.get("answer"),
         "reward": rollout.get("reward"),
         "messages": messages,
+        "data_id": rollout.get("data_id"),
+        "kind": rollout.get("kind"),
+        "category": rollout.get("category"),
+        "aliases": list(aliases) if isinstance(aliases, (list, tuple)) else [],
+        "prediction": prediction,
+        "correct_em": bool(exact_match(prediction, golds_of(rollout.get("answer"), aliases))),
+        "searched": any(m.get("role") == "tool" for m in completion),
     }
+    if images and SAMPLE_IMAGE_SIDE:
+        out["images"] = rollout_images_field(rollout)
+    return out
+
+
+def rollout_images_field(rollout: dict, side: int | None = None, max_images: int | None = None) -> dict:
+    """``{"question": b64, "tools": [[b64, ...] per tool message]}``: base64 JPEGs at most ``side`` px
+    (`viewer.jpeg_b64`), at most ``max_images`` in all; the question image is the prompt's first image
+    (else the row's ``image``)."""
+    from mmsearch_r1.viewer import jpeg_b64
+
+    side, max_images = side or SAMPLE_IMAGE_SIDE, max_images or SAMPLE_MAX_IMAGES
+
+    def images_of(message: dict) -> list:
+        content = message.get("content")
+        blocks = content if isinstance(content, list) else []
+        return [b.get("image") for b in blocks if isinstance(b, dict) and b.get("type") == "image"]
+
+    prompt_images = [im for m in rollout.get("prompt") or [] if isinstance(m, dict) for im in images_of(m)]
+    question = next((im for im in prompt_images if im is not None), rollout.get("image"))
+    tools, left = [], max_images - 1
+    for m in rollout.get("completion") or []:
+        if isinstance(m, dict) and m.get("role") == "tool":
+            shown = images_of(m)
+            tools.append([jpeg_b64(im, side) for im in shown[: max(left, 0)]])
+            left -= len(shown)
+    return {"question": jpeg_b64(question, side), "tools": tools}
 
 
 def rollout_images(rollout: dict) -> list:
@@ -255,6 +314,10 @@ class TimedGRPOTrainer(GRPOTrainer):
                 {
                     "question": x.get("question"),
                     "answer": x.get("answer"),
+                    "aliases": x.get("aliases"),
+                    "data_id": x.get("data_id"),
+                    "kind": x.get("kind"),
+                    "category": x.get("category"),
                     "image": x.get("image"),
                     "prompt": p,
                     "completion": c,

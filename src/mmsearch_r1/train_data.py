@@ -118,6 +118,7 @@ def load_rows(
     spec: str, split: str = "train", *, max_rows: int | None = None, seed: int = 0
 ) -> datasets.Dataset:
     """Resolve a `TrainConfig.dataset` spec into row-schema questions (seeded subsample to ``max_rows``)."""
+    report = None  # a parquet's bad-row report, named when no row is left
     if spec == "synthetic":
         ds = synthetic_rows(seed=seed)
     elif spec == "world":
@@ -127,7 +128,7 @@ def load_rows(
         if path.suffix == ".parquet":
             from mmsearch_r1.data import load_fvqa_parquet
 
-            ds = load_fvqa_parquet(path)
+            ds, report = load_fvqa_parquet(path, return_report=True)
         elif path.is_dir():
             loaded = datasets.load_from_disk(str(path))
             if isinstance(loaded, datasets.DatasetDict):
@@ -146,7 +147,8 @@ def load_rows(
     if max_rows is not None and max_rows < len(ds):
         ds = ds.shuffle(seed=seed).select(range(max_rows))
     if len(ds) == 0:
-        raise ValueError(f"dataset {spec!r} (split {split!r}) has no rows.")
+        why = f": every row is bad ({report})" if report is not None and report.n_bad else ""
+        raise ValueError(f"dataset {spec!r} (split {split!r}) has no rows{why}.")
     return ds
 
 

@@ -4,12 +4,15 @@
     python -m mmsearch_r1.tools text "QUERY" [--engine local|web] [--mode bm25|dense|hybrid]
     python -m mmsearch_r1.tools build-index [--index-dir data/world/index] [--rebuild]
     python -m mmsearch_r1.tools cache-stats PATH | cache-export SRC DEST | cache-import DEST SRC
+    python -m mmsearch_r1.tools cache-check PATH [--quick]
 
 Local engines read ``--index-dir`` (default: env MMSEARCH_INDEX_DIR or data/world/index; build it with
 ``build-index``, which builds the offline World first). Web engines read their keys from env vars
 (see ``web.py``) and record their calls in ``--cache PATH`` (default data/cache/search.sqlite) unless
-``--cache-mode off``; ``--cache-mode replay-only`` answers only from the cache.
-Failures print as one error line (exit code 2), never a traceback.
+``--cache-mode off``; ``--cache-mode replay-only`` answers only from the cache. ``cache-check`` runs
+SQLite's integrity check on a cache file (exit 0 when ok, 1 when damaged).
+User errors (bad arguments, missing files or keys, unreadable caches, failed searches) print as one
+``error: ...`` line on stderr with exit code 2, never a traceback.
 
 What it does not: no formatting for the policy; thumbnails are not displayed (``--save-thumbs DIR``
 writes them as PNG files).
@@ -19,18 +22,38 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from pathlib import Path
 
 from PIL import Image
 
-from .cache import SearchCache
+from .cache import SearchCache, check_cache
 from .engines import DEFAULT_INDEX_DIR, EngineConfig, make_engines, world_indexes
 from .types import SearchError
 
+EXAMPLES = """examples:
+  python -m mmsearch_r1.tools build-index
+  python -m mmsearch_r1.tools text "height of Mount Everest" --k 3
+  python -m mmsearch_r1.tools image photo.jpg --save-thumbs thumbs/
+  SERPAPI_API_KEY=... python -m mmsearch_r1.tools text "Eiffel Tower" --engine web --cache data/cache/search.sqlite
+  python -m mmsearch_r1.tools text "Eiffel Tower" --engine web --cache-mode replay-only
+  python -m mmsearch_r1.tools cache-stats data/cache/search.sqlite
+  python -m mmsearch_r1.tools cache-check data/cache/search.sqlite
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors (its subcommand parsers are of this class too)."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mmsearch_r1.tools", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python -m mmsearch_r1.tools", description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = p.add_subparsers(dest="cmd", required=True)
     for name, arg in (("image", "path"), ("text", "query")):
         s = sub.add_parser(name, help=f"{name} search")
@@ -48,19 +71,47 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build-index", help="build the local indexes from the offline World")
     b.add_argument("--index-dir", default=DEFAULT_INDEX_DIR)
     b.add_argument("--rebuild", action="store_true")
-    st = sub.add_parser("cache-stats")
+    st = sub.add_parser("cache-stats", help="number of entries in a cache file")
     st.add_argument("path")
-    ex = sub.add_parser("cache-export")
+    ck = sub.add_parser("cache-check", help="integrity of a cache file (exit 0 ok, 1 damaged)")
+    ck.add_argument("path")
+    ck.add_argument("--quick", action="store_true", help="SQLite quick_check only (large files)")
+    ex = sub.add_parser("cache-export", help="copy a cache file (consistent snapshot)")
     ex.add_argument("src")
     ex.add_argument("dest")
-    im = sub.add_parser("cache-import")
+    im = sub.add_parser("cache-import", help="merge SRC's entries into DEST (existing keys win)")
     im.add_argument("dest")
     im.add_argument("src")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; user errors become one ``error: ...`` line on stderr and exit code 2."""
     a = _parser().parse_args(argv)
+    try:
+        return _run(a)
+    except (SearchError, ValueError, OSError, sqlite3.Error) as e:
+        message = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the exception holds
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def _engines(cfg: EngineConfig, kind: str, engine: str):
+    """``make_engines`` with ``kind`` set to ``engine``; a missing local index names ``build-index``."""
+    setattr(cfg, kind, engine)
+    try:
+        return make_engines(cfg)
+    except FileNotFoundError as e:
+        if engine != "local":
+            raise
+        raise FileNotFoundError(
+            f"no local {kind} index in {Path(cfg.index_dir) / kind}: build it with "
+            f"`python -m mmsearch_r1.tools build-index --index-dir {cfg.index_dir}` "
+            "(it builds the offline World first)"
+        ) from e
+
+
+def _run(a: argparse.Namespace) -> int:
     if a.cmd == "build-index":
         print(world_indexes(a.index_dir, rebuild=a.rebuild))
         return 0
@@ -73,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "cache-import":
         print(json.dumps({"imported": SearchCache(a.dest, "read-write").import_from(a.src)}))
         return 0
+    if a.cmd == "cache-check":
+        report = check_cache(a.path, quick=a.quick)
+        print(json.dumps(report))
+        return 0 if report["status"] == "ok" else 1
 
     cfg = EngineConfig(image="none", text="none", text_mode=a.mode)
     if a.index_dir:
@@ -81,22 +136,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg.cache.path = a.cache
     cfg.cache.mode = a.cache_mode  # used by web engines only (local ones are not cached)
     cfg.fvqa.cache_files = a.fvqa_cache_file
-    try:
-        if a.cmd == "image":
-            cfg.image = a.engine or "local"
-            engines = make_engines(cfg)
-            image = Image.open(a.path)
-            image.load()
-            if a.data_id:
-                image.info["data_id"] = a.data_id
-            hits = engines.image.search_image(image, k=a.k)
-        else:
-            cfg.text = a.engine or "local"
-            engines = make_engines(cfg)
-            hits = engines.text.search_text(a.query, k=a.k)
-    except (SearchError, FileNotFoundError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if a.cmd == "image":
+        engines = _engines(cfg, "image", a.engine or "local")
+        image = Image.open(a.path)
+        image.load()
+        if a.data_id:
+            image.info["data_id"] = a.data_id
+        hits = engines.image.search_image(image, k=a.k)
+    else:
+        engines = _engines(cfg, "text", a.engine or "local")
+        hits = engines.text.search_text(a.query, k=a.k)
     for i, h in enumerate(hits, 1):
         row = {"rank": i, "title": h.title, "url": h.url, "score": h.score}
         if a.cmd == "text":

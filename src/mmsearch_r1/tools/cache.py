@@ -11,6 +11,10 @@ What it does:
 - Counters (this process): hits, misses, writes, estimated dollars spent on misses and saved by hits.
 - `export(path)` writes a self-contained copy (SQLite backup API); `import_from(path)` merges another
   cache file in (existing keys win), so a run can ship its cache and others replay it for free.
+- Damage: a file that cannot be opened (not SQLite, truncated, a directory) is a `CacheFileError` naming
+  the path and the fix; a damaged entry reads as a miss (and a failed write is skipped), with a warning,
+  so one bad page costs a repeated call rather than the run. `check_cache(path)` runs SQLite's
+  integrity check read-only (``python -m mmsearch_r1.tools cache-check PATH``).
 
 What it does not: no eviction, no TTL (reset a cache by deleting the file), no pickling (values are
 JSON, so importing a cache file from someone else cannot execute code). Hit serialisation for
@@ -22,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -33,6 +38,8 @@ from typing import Any, Literal
 from PIL import Image
 
 from .types import SearchError
+
+log = logging.getLogger(__name__)
 
 CacheMode = Literal["off", "read-write", "replay-only"]
 MODES = ("off", "read-write", "replay-only")
@@ -82,6 +89,8 @@ class CacheStats:
     """Estimated dollars of the real calls made on misses (engine cost table)."""
     dollars_saved: float = 0.0
     """Estimated dollars that hits avoided."""
+    damaged: int = 0
+    """Reads and writes that met a damaged entry or page (reads count as misses too)."""
 
     def as_dict(self) -> dict[str, float]:
         return dict(self.__dict__)
@@ -99,6 +108,18 @@ class CacheConfig:
         default_factory=lambda: {"serpapi": 0.015, "jina": 0.0002, "llm": 0.0005, "searxng": 0.0}
     )
     """Estimated dollars per real call, by cost class (for the counters only)."""
+
+
+class CacheFileError(ValueError):
+    """A cache file that cannot be opened or checked; the message names the path and the fix."""
+
+
+_CHECK_HINT = "check it with `python -m mmsearch_r1.tools cache-check {path}`"
+
+
+def _is_lock(exc: BaseException) -> bool:
+    """A lock held by another process past the busy timeout: contention, not damage."""
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
 
 class SearchCache:
@@ -125,18 +146,47 @@ class SearchCache:
         conn = getattr(self._local, "conn", None)
         pid = getattr(self._local, "pid", None)
         if conn is None or pid != os.getpid():
-            conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+            try:
+                conn = self._open()
+            except sqlite3.Error as exc:
+                raise self._open_error(exc) from exc
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+        try:
             conn.execute("PRAGMA busy_timeout=60000")
-            for _ in range(50):  # switching to WAL can itself meet a lock while others start up
+            for attempt in range(50):  # switching to WAL can itself meet a lock while others start up
                 try:
                     conn.execute("PRAGMA journal_mode=WAL")
                     conn.execute(_SCHEMA)
                     break
-                except sqlite3.OperationalError:
+                except sqlite3.OperationalError as exc:
+                    if attempt == 49 or not _is_lock(exc):
+                        raise
                     time.sleep(0.05)
             conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn, self._local.pid = conn, os.getpid()
+        except sqlite3.Error:
+            conn.close()
+            raise
         return conn
+
+    def _open_error(self, exc: sqlite3.Error) -> CacheFileError:
+        if self.path.is_dir():
+            fix = f"it is a directory: give a file path, such as {self.path / 'search.sqlite'}"
+        elif _is_lock(exc):
+            fix = "another process holds a write lock on it: retry when that process is done"
+        else:
+            fix = ("it is not a readable SQLite cache (another kind of file, truncated or damaged): "
+                   f"{_CHECK_HINT.format(path=self.path)}, then delete it or use another path")  # fmt: skip
+        return CacheFileError(f"cannot open search cache {self.path}: {exc}; {fix}")
+
+    def _damaged(self, action: str, key: str, exc: Exception) -> None:
+        with self._lock:
+            self.stats.damaged += 1
+        log.warning("search cache %s: %s entry %s… failed (%s: %s); %s", self.path, action, key[:12],
+                    type(exc).__name__, exc, _CHECK_HINT.format(path=self.path))  # fmt: skip
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -151,7 +201,17 @@ class SearchCache:
         In replay-only mode a miss raises `SearchError` (not retryable)."""
         if self.mode == "off":
             return None
-        row = self._conn().execute("SELECT value FROM entries WHERE key=?", (key,)).fetchone()
+        conn = self._conn()
+        value = None
+        try:
+            row = conn.execute("SELECT value FROM entries WHERE key=?", (key,)).fetchone()
+            if row is not None:
+                value = json.loads(row[0])
+        except (sqlite3.DatabaseError, json.JSONDecodeError) as exc:  # a damaged page or value: a miss
+            if _is_lock(exc):
+                raise
+            self._damaged("reading (treated as a miss)", key, exc)
+            row = None
         with self._lock:
             if row is not None:
                 self.stats.hits += 1
@@ -159,7 +219,7 @@ class SearchCache:
             else:
                 self.stats.misses += 1
         if row is not None:
-            return json.loads(row[0])
+            return value
         if self.mode == "replay-only":
             raise SearchError(
                 f"cache miss in replay-only mode (key {key[:12]}…): this call was not recorded in "
@@ -173,10 +233,17 @@ class SearchCache:
         if self.mode != "read-write":
             return
         text = json.dumps(value)
-        self._conn().execute(
-            "INSERT OR REPLACE INTO entries(key, engine, kind, value, created) VALUES (?,?,?,?,?)",
-            (key, engine, kind, text, time.time()),
-        )
+        conn = self._conn()
+        try:
+            conn.execute(
+                "INSERT OR REPLACE INTO entries(key, engine, kind, value, created) VALUES (?,?,?,?,?)",
+                (key, engine, kind, text, time.time()),
+            )
+        except sqlite3.DatabaseError as exc:  # the caller has its result; only the recording is lost
+            if _is_lock(exc):
+                raise
+            self._damaged("writing (not recorded)", key, exc)
+            return
         with self._lock:
             self.stats.writes += 1
 
@@ -223,6 +290,56 @@ class SearchCache:
         finally:
             conn.execute("DETACH DATABASE other")
         return len(self) - before
+
+
+def check_cache(path: str | os.PathLike, *, quick: bool = False) -> dict[str, Any]:
+    """Check a cache file without changing it: ``{"path", "rows", "status": "ok" | "damaged", "problems"}``.
+
+    Runs SQLite's ``integrity_check`` (``quick_check`` with ``quick``: faster, skips index contents),
+    checks the ``entries`` table exists and, unless ``quick``, that every stored value is JSON. ``rows``
+    is None when the table cannot be counted. A missing path or a directory raises `CacheFileError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory, not a cache file" if path.is_dir() else "does not exist"
+        raise CacheFileError(f"{path} {what}: give the path of a search cache file (.sqlite)")
+    problems: list[str] = []
+
+    def run(sql: str, each: Any = None) -> list[tuple] | None:
+        """Rows of ``sql`` (or ``each(row)`` applied while streaming them); None and a problem on error."""
+        try:
+            cursor = conn.execute(sql)
+            return cursor.fetchall() if each is None else [each(r) for r in cursor]
+        except sqlite3.DatabaseError as exc:
+            if (problem := f"{type(exc).__name__}: {exc}") not in problems:
+                problems.append(problem)
+            return None
+
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        found = run("PRAGMA quick_check" if quick else "PRAGMA integrity_check") or []
+        problems += [r[0] for r in found if r[0] != "ok"]
+        tables = run("SELECT name FROM sqlite_master WHERE type='table'")
+        if tables is not None and ("entries",) not in tables:
+            problems.append("no 'entries' table: not a search cache")
+        counted = run("SELECT COUNT(*) FROM entries") if tables and ("entries",) in tables else None
+        rows = counted[0][0] if counted else None
+        not_json = (
+            run("SELECT value FROM entries", lambda r: not _is_json(r[0])) if rows and not quick else None
+        )
+        bad = sum(not_json or [])
+        problems += [f"{bad} entries whose value is not JSON"] if bad else []
+    finally:
+        conn.close()
+    return {"path": str(path), "rows": rows, "status": "damaged" if problems else "ok", "problems": problems}
+
+
+def _is_json(text: Any) -> bool:
+    try:
+        json.loads(text)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 # -- JSON (de)serialisation of images for cached hits ------------------------------------------------
