@@ -45,7 +45,15 @@ FLAGS := data/world/vendor/svg-country-flags/package/png250px
 $(FLAGS): | $(STAMP)
 	-$(PY) -m mmsearch_r1.world fetch-flags
 
+# Headless Chromium for the trajectory viewer's browser test (tests/test_viewer.py), from Debian's packages:
+# installed only when `chromium` is missing and apt-get exists (as root, or through passwordless sudo).
+# Best effort: when it cannot be installed, setup says so and that test fails with the same instruction.
 setup: $(STAMP) $(FLAGS)
+	@command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || { \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+	  echo "setup: installing chromium (Debian package) for tests/test_viewer.py"; \
+	  { $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+	    || echo "setup: could not install chromium; run 'apt-get install -y chromium' as root"; }
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -55,6 +55,11 @@ from mmsearch_r1.rewards import exact_match
 
 METHODS = ("on_demand", "direct", "rag")
 TOOL_KIND = {"search": "image_search", "image_search": "image_search", "text_search": "text_search"}
+RECORD_IMAGE_SIDE = 96
+"""Longest side (px) of the images an evaluation record keeps for the viewer (`mmsearch_r1.viewer`);
+read at call time, so ``rollout.RECORD_IMAGE_SIDE = 0`` keeps none (records as before, no growth)."""
+RECORD_MAX_IMAGES = 12
+"""At most this many images per record: the question image, then thumbnails in order (the rest dropped)."""
 
 
 @dataclass
@@ -173,7 +178,9 @@ class Trajectory:
         self.observations[-1]["tokens"] = len(suffix)
         return True
 
-    def record(self, method: str) -> dict:
+    def record(self, method: str, *, images: bool = True) -> dict:
+        """The JSON-ready record of the rollout; with ``images`` (and ``RECORD_IMAGE_SIDE`` > 0) also
+        ``images``: the question image and each observation's thumbnails as small JPEGs (`images_field`)."""
         final = self.turns[-1] if self.turns else {}
         pred = final.get("answer") if final.get("action") == "answer" else None
         counters = self.env.counters
@@ -185,7 +192,7 @@ class Trajectory:
                 obs["reason"] = entry["reason"]
         row = self.row
         golds = [row.get("answer", "")] + list(row.get("aliases") or [])
-        return {
+        rec = {
             "data_id": row.get("data_id"),
             "question": row.get("question"),
             "answer": row.get("answer"),
@@ -218,6 +225,25 @@ class Trajectory:
             "stop": self.stop or ("answer" if pred is not None else "no_answer"),
             "seconds": round(self.seconds, 3),
         }
+        if images and RECORD_IMAGE_SIDE:
+            rec["images"] = self.images_field()
+        return rec
+
+    def images_field(self, side: int | None = None, max_images: int | None = None) -> dict:
+        """``{"question": b64, "tools": [[b64, ...] per observation]}``: base64 JPEGs at most ``side`` px,
+        at most ``max_images`` in all. ``self.images`` is the question image then every observation's
+        thumbnails in order (``add_tools``), so each observation takes the next ``obs["images"]`` of them."""
+        from mmsearch_r1.viewer import jpeg_b64
+
+        side, max_images = side or RECORD_IMAGE_SIDE, max_images or RECORD_MAX_IMAGES
+        thumbs, left = iter(self.images[1:]), max_images - 1
+        tools = []
+        for obs in self.observations:
+            shown = [next(thumbs, None) for _ in range(obs.get("images", 0))]
+            tools.append([jpeg_b64(im, side) for im in shown[: max(left, 0)]])
+            left -= len(shown)
+        question = jpeg_b64(self.images[0], side) if self.images else None
+        return {"question": question, "tools": tools}
 
 
 def max_search_steps(env_config: EnvConfig) -> int:
