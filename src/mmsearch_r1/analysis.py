@@ -81,8 +81,9 @@ def load_run(path: str | Path, *, items: bool = True) -> Run:
     if (path / "eval.json").is_file():
         run.eval = json.loads((path / "eval.json").read_text())
         if items and (path / "eval_items.jsonl").is_file():
-            lines = (path / "eval_items.jsonl").read_text().splitlines()
-            run.items = [json.loads(x) for x in lines if x.strip()]
+            from mmsearch_r1.data import read_jsonl
+
+            run.items = read_jsonl(path / "eval_items.jsonl", append_only=True)
     return run
 
 

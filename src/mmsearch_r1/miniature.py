@@ -221,8 +221,9 @@ def run_config(cfg: MiniatureConfig, name: str, penalty: float, split: str = "rl
 def category_curve(run_dir: str | Path, categories: dict[str, str]) -> list[dict]:
     """Per step: the training rollouts' search ratio by category (from ``samples.jsonl``)."""
     steps: dict[int, dict[str, list[int]]] = {}
-    for line in (Path(run_dir) / "samples.jsonl").read_text().splitlines():
-        r = json.loads(line)
+    from mmsearch_r1.data import read_jsonl
+
+    for r in read_jsonl(Path(run_dir) / "samples.jsonl", append_only=True):
         searched = int(any(m.get("role") == "tool" for m in r["messages"]))
         cat = categories.get(r["question"], "unknown")
         steps.setdefault(r["step"], {}).setdefault(cat, []).append(searched)

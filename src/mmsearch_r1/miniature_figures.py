@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from mmsearch_r1.analysis import save_figure
+from mmsearch_r1.data import read_jsonl
 
 PREFIX = "miniature_"
 """Run folders of the miniature start with this."""
@@ -35,9 +36,7 @@ def load_runs(runs_dir: str | Path = "runs") -> dict[str, dict]:
     out = {}
     for path in sorted(Path(runs_dir).glob(f"{PREFIX}*/eval.json")):
         run = path.parent
-        metrics = [
-            json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()
-        ]
+        metrics = read_jsonl(run / "metrics.jsonl", append_only=True)
         out[run.name[len(PREFIX) :]] = {
             "config": json.loads((run / "config.json").read_text()),
             "metrics": metrics,

@@ -86,14 +86,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; user errors become one ``error: ...`` line on stderr and exit code 2."""
+    """Run one command; user errors become one ``error: ...`` line on stderr and exit code 2 (`cli.run`)."""
+    from mmsearch_r1.cli import run
+
+    return run(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    from mmsearch_r1.cli import UserError
+
     a = _parser().parse_args(argv)
     try:
         return _run(a)
     except (SearchError, ValueError, OSError, sqlite3.Error) as e:
         message = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the exception holds
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        raise UserError(message) from e
 
 
 def _engines(cfg: EngineConfig, kind: str, engine: str):
