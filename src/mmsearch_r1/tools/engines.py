@@ -29,16 +29,11 @@ from PIL import Image
 
 from .cache import CacheConfig, SearchCache, cache_key, image_from_b64, image_to_b64
 from .fvqa_cache import FvqaCacheConfig, FvqaCacheEngine
-from .net import redact, run_sync
+from .net import SECRET_VARS, redact, run_sync, secret_values
 from .types import Engines, ImageHit, SearchError, TextHit
 from .web import WebConfig, WebSearch
 
-SECRET_VARS = ("SERPAPI_API_KEY", "JINA_API_KEY", "OPENAI_API_KEY")
 DEFAULT_INDEX_DIR = "data/world/index"
-
-
-def _secrets() -> list[str]:
-    return [v for v in (os.environ.get(n, "") for n in SECRET_VARS) if v]
 
 
 @dataclass
@@ -159,7 +154,7 @@ class GuardedEngine:
     def _error(self, err: BaseException) -> SearchError:
         self._count("failures")
         self._count(f"failures_{type(err).__name__}")
-        msg = redact(" ".join(str(err).split())[:400] or type(err).__name__, _secrets())
+        msg = redact(" ".join(str(err).split())[:400] or type(err).__name__, secret_values())
         if not isinstance(err, SearchError):
             msg = f"{type(err).__name__}: {msg}"
         return SearchError(msg, engine=self.name, retryable=getattr(err, "retryable", False))
@@ -315,4 +310,4 @@ def engine_stats(engines: Engines) -> dict[str, Any]:
 
 
 __all__ = ["EngineConfig", "make_engines", "engine_stats", "CachedEngine", "GuardedEngine", "ToolOutcome",
-           "build_indexes", "world_indexes", "run_sync"]  # fmt: skip
+           "build_indexes", "world_indexes", "run_sync", "SECRET_VARS"]  # fmt: skip

@@ -10,7 +10,9 @@ What it does:
   ``image.info["data_id"]``, set by the data loader, or from a pixel hash registered with
   `register`/`register_rows`), returns up to k (thumbnail, title) hits. Thumbnails are fetched once
   through the safe HTTP client and stored in ``thumb_dir`` (a failed fetch is remembered too, so a dead
-  link costs one request ever); hits keep their title when the thumbnail is gone.
+  link costs one request ever); hits keep their title when the thumbnail is gone. A thumbnail that
+  declares more than ``max_thumbnail_pixels`` is refused before decoding (`content.decode_thumbnail`),
+  and decoding runs in a worker thread; one call takes at most ``call_timeout_s``.
 - A ``data_id`` missing from the cache (the release lacks train 72, 279, 332, 489, 738, 4345, 4633 and
   test 1470, 1753) is a `SearchError` and a counter, not a crash.
 
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import pickle
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,7 +32,8 @@ from typing import Any
 from PIL import Image
 
 from .cache import image_bytes
-from .net import NetConfig, SafeHttp, run_sync
+from .content import MAX_THUMBNAIL_PIXELS, decode_thumbnail, offload
+from .net import NetConfig, SafeHttp, deadline, run_sync
 from .types import ImageHit, SearchError
 
 TITLES = "tool_returned_web_title_list"
@@ -136,6 +138,17 @@ class FvqaCacheConfig:
     """False: never touch the network (hits carry titles only, unless thumbnails are stored already)."""
     net: NetConfig = field(default_factory=lambda: NetConfig(timeout_s=10.0, retries=1, max_bytes=2_000_000))
     """HTTP policy for thumbnail fetches (untrusted URLs: private addresses refused)."""
+    max_thumbnail_pixels: int = MAX_THUMBNAIL_PIXELS
+    """Thumbnails declaring more pixels are refused before decoding (and remembered as missing)."""
+    call_timeout_s: float = 120.0
+    """Wall-clock budget of one search call (all its thumbnail fetches); past it, a SearchError."""
+
+
+def _decode_and_store(raw: bytes, path: Path, max_pixels: int) -> Image.Image:
+    """Decode a fetched thumbnail within the pixel cap and store it as PNG (runs in a worker thread)."""
+    im = decode_thumbnail(raw, max_pixels)
+    im.save(path)
+    return im
 
 
 class FvqaCacheEngine:
@@ -192,10 +205,9 @@ class FvqaCacheEngine:
             return None
         try:
             _, _, raw = await self.http.request("GET", url)
-            im = Image.open(io.BytesIO(raw))
-            im.load()
-            im = im.convert("RGB")
-            im.save(path)
+            t = self.config.net.timeout_s
+            im = await offload(_decode_and_store, raw, path, self.config.max_thumbnail_pixels, seconds=t,
+                               message=f"decoding a thumbnail took longer than NetConfig.timeout_s={t:g}s")  # fmt: skip
             self.counters["thumbnails_fetched"] += 1
             return im
         except Exception:
@@ -205,6 +217,12 @@ class FvqaCacheEngine:
 
     # -- search ---------------------------------------------------------------------------------------
     async def asearch_image(self, image: Image.Image, *, k: int = 5) -> list[ImageHit]:
+        b = self.config.call_timeout_s
+        return await deadline(self._search_image(image, k), b, (
+            f"fvqa-cache search did not finish within FvqaCacheConfig.call_timeout_s={b:g}s: thumbnail "
+            "hosts are slow or hung; raise the budget or set fetch_thumbnails=False"))  # fmt: skip
+
+    async def _search_image(self, image: Image.Image, k: int) -> list[ImageHit]:
         did = self.data_id_of(image)
         if did is None:
             self.counters["unknown_image"] += 1
@@ -237,4 +255,4 @@ class FvqaCacheEngine:
         return hits
 
     def search_image(self, image: Image.Image, *, k: int = 5) -> list[ImageHit]:
-        return run_sync(self.asearch_image(image, k=k))
+        return run_sync(self.asearch_image(image, k=k), timeout=self.config.call_timeout_s + 5.0)

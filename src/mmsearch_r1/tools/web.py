@@ -17,26 +17,44 @@ a folder the user publishes at ``MMSEARCH_IMAGE_BASE_URL`` (a bucket, a static w
 service answering with the URL as text or JSON ``{"url": ...}``). Because each unique image is
 searched once and then cached, the image only needs to stay reachable until that first call.
 
+Bounded cost: each search call has one wall-clock budget (`WebConfig.call_timeout_s`) that covers
+every request, page read, parse and summary, and the sync wrappers wait no longer than that (plus a
+few seconds of grace). Fetched content is parsed off the event loop, in linear time and with a
+pixel cap on thumbnails (`content.py`), under the per-step deadline `NetConfig.timeout_s`. Hits are
+scrubbed of every known key value before they are returned, so no key reaches an observation or a
+cache row even when an API echoes it.
+
 What it does not: no caching (wrapped by `engines.py`), no browser rendering, no crawling.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
-import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from PIL import Image
 
+from .content import (
+    MAX_THUMBNAIL_PIXELS,
+    ThumbnailTooLarge,
+    chat_reply,
+    decode_thumbnail,
+    offload,
+    page_text,
+    parse_json,
+)
 from .local import extractive_summary
-from .net import NetConfig, SafeHttp, run_sync
+from .net import NetConfig, SafeHttp, deadline, redact, run_sync, secret_values
 from .types import ImageHit, SearchError, TextHit
+
+SYNC_GRACE_S = 5.0
+"""Extra seconds the sync wrappers wait beyond `WebConfig.call_timeout_s` (the async deadline fires first)."""
 
 SUMMARY_SYSTEM = (
     "You condense web pages for a research assistant. Write at most five sentences of plain prose "
@@ -102,20 +120,14 @@ class WebConfig:
     """When fewer than k pages can be read, fill with the search snippets of failed ones."""
     hl: str = "en"
     """Interface language sent to the search APIs."""
+    call_timeout_s: float = 120.0
+    """Wall-clock budget of one search call (API, pages, parsing, summaries); past it, a SearchError."""
+    max_thumbnail_pixels: int = MAX_THUMBNAIL_PIXELS
+    """Thumbnails declaring more pixels are skipped before decoding (JPEGs are first shrunk if possible)."""
     image_host: ImageHostConfig = field(default_factory=ImageHostConfig)
     """How images given as pixels get a URL."""
     net: NetConfig = field(default_factory=NetConfig)
     """Timeouts, retries, concurrency, rate limit, address policy."""
-
-
-def _json(body: bytes, what: str) -> dict:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise SearchError(f"malformed JSON from {what} ({len(body)} bytes)", retryable=False) from None
-    if not isinstance(data, dict):
-        raise SearchError(f"unexpected JSON from {what}: top level is {type(data).__name__}")
-    return data
 
 
 def _png(image: Image.Image) -> bytes:
@@ -131,6 +143,36 @@ class WebSearch:
         self.config = config or WebConfig()
         self.http = SafeHttp(self.config.net)
         self.name = f"web-{self.config.image_backend}-{self.config.text_backend}"
+
+    async def _work(self, what: str, fn, /, *args):
+        """``fn(*args)`` off the event loop, within the per-step deadline `NetConfig.timeout_s`."""
+        t = self.config.net.timeout_s
+        return await offload(fn, *args, seconds=t, message=(
+            f"{what} took longer than NetConfig.timeout_s={t:g}s and was abandoned: the content is "
+            "too large or too complex"))  # fmt: skip
+
+    async def _parse(self, body: bytes, what: str) -> dict:
+        return await self._work(f"parsing the {what} answer", parse_json, body, what)
+
+    def _clean(self, value):
+        """`value` with every known key value replaced (strings only; APIs may echo the key they got)."""
+        if not isinstance(value, str):
+            return value
+        return redact(value, secret_values(self.http.secrets), patterns=False)
+
+    def _scrub(self, hits: list) -> list:
+        """The hits with their text cleaned (summaries may echo a key sent to Jina or the chat API)."""
+        for h in hits:
+            for attr in ("title", "url", "snippet", "summary"):
+                if hasattr(h, attr):
+                    setattr(h, attr, self._clean(getattr(h, attr)))
+        return hits
+
+    async def _within_budget(self, aw, what: str):
+        b = self.config.call_timeout_s
+        return await deadline(aw, b, (
+            f"{what} did not finish within WebConfig.call_timeout_s={b:g}s: the services are slow or "
+            "hung; raise the budget, or lower NetConfig.timeout_s / retries so that failures come sooner"))  # fmt: skip
 
     # -- settings / costs (no secrets) -----------------------------------------------------------------
     def settings(self, kind: str) -> dict:
@@ -193,7 +235,7 @@ class WebSearch:
         if isinstance(url, str) and url.startswith(("http://", "https://")):
             return url
         h = self.config.image_host
-        data = _png(image)
+        data = await self._work("encoding the query image", _png, image)
         name = hashlib.sha256(data).hexdigest()[:32] + ".png"
         if h.mode == "dir":
             base = h.base_url or os.environ.get("MMSEARCH_IMAGE_BASE_URL", "").strip()
@@ -214,9 +256,9 @@ class WebSearch:
                 h.upload_method, f"{up.rstrip('/')}/{name}", trusted=True, content=data,
                 headers={"Content-Type": "image/png"},
             )  # fmt: skip
-            text = body.decode("utf-8", "replace").strip()
+            text = body[:4096].decode("utf-8", "replace").strip()
             if text.startswith("{"):
-                text = str(_json(body, "image upload").get("url", ""))
+                text = str((await self._parse(body, "image upload")).get("url", ""))
             if not text.startswith(("http://", "https://")):
                 raise SearchError("image upload endpoint did not answer with an http(s) URL")
             return text
@@ -226,6 +268,7 @@ class WebSearch:
         )
 
     async def _thumbnail(self, url: str | None) -> Image.Image | None:
+        """The decoded thumbnail, or None (counted) when it cannot be fetched, is too large or broken."""
         if not url:
             return None
         try:
@@ -235,22 +278,28 @@ class WebSearch:
                 raw = base64.b64decode(url.split(",", 1)[1])
             else:
                 _, _, raw = await self.http.request("GET", url)
-            im = Image.open(io.BytesIO(raw))
-            im.load()
-            return im.convert("RGB")
-        except Exception:
-            self.http.count("thumbnail_failures")
-            return None
+            return await self._work(
+                "decoding a thumbnail", decode_thumbnail, raw, self.config.max_thumbnail_pixels
+            )
+        except ThumbnailTooLarge:
+            self.http.count("thumbnails_too_large")
+        except Exception:  # noqa: BLE001 - a missing thumbnail only drops that hit
+            pass
+        self.http.count("thumbnail_failures")
+        return None
 
     async def asearch_image(self, image: Image.Image, *, k: int = 5) -> list[ImageHit]:
+        return await self._within_budget(self._search_image(image, k), "web image search")
+
+    async def _search_image(self, image: Image.Image, k: int) -> list[ImageHit]:
         c = self.config
         url = await self.image_url(image)
         if c.image_backend == "serpapi":
             params = {"engine": "google_lens", "url": url, "hl": c.hl, "api_key": self._serpapi_key()}
             _, _, body = await self.http.request("GET", c.serpapi_url, trusted=True, params=params)
-            data = _json(body, "SerpAPI Google Lens")
+            data = await self._parse(body, "SerpAPI Google Lens")
             if data.get("error"):
-                raise SearchError(f"SerpAPI error: {str(data['error'])[:200]}")
+                raise SearchError(redact(f"SerpAPI error: {str(data['error'])[:200]}", self.http.secrets))
             rows = [(m.get("title"), m.get("link"), m.get("thumbnail"), m.get("source", ""))
                     for m in data.get("visual_matches") or [] if isinstance(m, dict)]  # fmt: skip
         else:
@@ -258,18 +307,19 @@ class WebSearch:
             _, _, body = await self.http.request(
                 "GET", self._searxng() + "/search", trusted=True, params=params
             )
-            data = _json(body, "SearXNG")
+            data = await self._parse(body, "SearXNG")
             rows = [(m.get("title"), m.get("url"), m.get("thumbnail_src") or m.get("img_src"), m.get("content", ""))
                     for m in data.get("results") or [] if isinstance(m, dict)]  # fmt: skip
-        rows = [r for r in rows if r[0]][: max(k * 2, k)]
+        # cleaned before any thumbnail is fetched, so no echoed key travels to a thumbnail host
+        rows = [tuple(map(self._clean, r)) for r in rows if r[0]][: max(k * 2, k)]
         thumbs = await asyncio.gather(*(self._thumbnail(r[2]) for r in rows))
         hits = [ImageHit(title=str(t), url=str(u or ""), thumbnail=th, snippet=str(s or ""))
                 for (t, u, _, s), th in zip(rows, thumbs, strict=True)]  # fmt: skip
         valid = [h for h in hits if h.thumbnail is not None]
-        return (valid or hits)[:k]
+        return self._scrub((valid or hits)[:k])
 
     def search_image(self, image: Image.Image, *, k: int = 5) -> list[ImageHit]:
-        return run_sync(self.asearch_image(image, k=k))
+        return run_sync(self.asearch_image(image, k=k), timeout=self.config.call_timeout_s + SYNC_GRACE_S)
 
     # -- text ------------------------------------------------------------------------------------------
     async def _web_results(self, query: str) -> list[dict]:
@@ -278,17 +328,17 @@ class WebSearch:
             params = {"engine": "google", "q": query, "num": c.candidates, "hl": c.hl,
                       "api_key": self._serpapi_key()}  # fmt: skip
             _, _, body = await self.http.request("GET", c.serpapi_url, trusted=True, params=params)
-            data = _json(body, "SerpAPI Google")
+            data = await self._parse(body, "SerpAPI Google")
             if data.get("error"):
                 if "hasn't returned any results" in str(data["error"]):
                     return []
-                raise SearchError(f"SerpAPI error: {str(data['error'])[:200]}")
+                raise SearchError(redact(f"SerpAPI error: {str(data['error'])[:200]}", self.http.secrets))
             rows = data.get("organic_results") or []
             return [{"title": r.get("title", ""), "url": r.get("link", ""), "snippet": r.get("snippet", "")}
                     for r in rows if isinstance(r, dict) and r.get("link")][: c.candidates]  # fmt: skip
         params = {"q": query, "format": "json", "categories": "general"}
         _, _, body = await self.http.request("GET", self._searxng() + "/search", trusted=True, params=params)
-        rows = _json(body, "SearXNG").get("results") or []
+        rows = (await self._parse(body, "SearXNG")).get("results") or []
         return [{"title": r.get("title", ""), "url": r.get("url", ""), "snippet": r.get("content", "")}
                 for r in rows if isinstance(r, dict) and r.get("url")][: c.candidates]  # fmt: skip
 
@@ -302,25 +352,21 @@ class WebSearch:
             self.http.add_secret(key)
             headers = {"Accept": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
             _, _, body = await self.http.request("GET", c.jina_url + url, trusted=True, headers=headers)
-            data = _json(body, "Jina Reader").get("data") or {}
+            data = (await self._parse(body, "Jina Reader")).get("data") or {}
             title, text = str(data.get("title") or ""), str(data.get("content") or "")
         else:
-            import trafilatura
-
             _, _, body = await self.http.request("GET", url, truncate=True)
-            html = body.decode("utf-8", "replace")
-            text = await asyncio.to_thread(trafilatura.extract, html) or ""
-            m = re.search(r"<title[^>]*>(.*?)</title>", html, re.I | re.S)
-            title = m.group(1).strip() if m else ""
+            title, text = await self._work("extracting the page text", page_text, body)
         if not text.strip():
             raise SearchError("page has no readable text")
-        return title, text[: c.max_page_chars]
+        return self._clean(title), self._clean(text[: c.max_page_chars])  # page text goes on to the LLM
 
     async def summarize(self, text: str, question: str) -> str:
         """Summary of a page focused on `question` (the search query: a tool call carries only the query)."""
         c = self.config
         if c.summarizer == "extractive":
-            return extractive_summary(text, question, max_sentences=5, max_chars=900)
+            summarise = functools.partial(extractive_summary, max_sentences=5, max_chars=900)
+            return await self._work("summarising the page", summarise, text, question)
         base, key = self._llm_base()
         payload = {
             "model": self._llm_model(),
@@ -335,11 +381,7 @@ class WebSearch:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         _, _, body = await self.http.request("POST", f"{base}/chat/completions", trusted=True, json_body=payload,
                                              headers=headers)  # fmt: skip
-        try:
-            out = _json(body, "chat endpoint")["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise SearchError("chat endpoint answer has no choices[0].message.content") from None
-        out = re.sub(r"<think>.*?</think>", "", out, flags=re.S).strip()
+        out = await self._work("reading the chat answer", chat_reply, body)
         if not out:
             raise SearchError("chat endpoint returned an empty summary")
         return out
@@ -352,7 +394,11 @@ class WebSearch:
     async def asearch_text(self, query: str, *, k: int = 5) -> list[TextHit]:
         if not isinstance(query, str) or not query.strip():
             raise SearchError("empty text query: write a few keywords", engine=self.name)
-        rows = await self._web_results(query)
+        return await self._within_budget(self._search_text(query, k), "web text search")
+
+    async def _search_text(self, query: str, k: int) -> list[TextHit]:
+        # cleaned before any page is fetched, so no echoed key travels to a page host or the reader
+        rows = [{f: self._clean(v) for f, v in r.items()} for r in await self._web_results(query)]
         done: dict[int, TextHit] = {}
         failed: list[int] = []
         nxt = 0
@@ -378,7 +424,7 @@ class WebSearch:
                     done[i] = TextHit(title=rows[i]["title"], url=rows[i]["url"], summary=rows[i]["snippet"])
         if not done and rows:
             raise SearchError(f"none of the {len(rows)} result pages could be read or summarised")
-        return [done[i] for i in sorted(done)][:k]
+        return self._scrub([done[i] for i in sorted(done)][:k])
 
     def search_text(self, query: str, *, k: int = 5) -> list[TextHit]:
-        return run_sync(self.asearch_text(query, k=k))
+        return run_sync(self.asearch_text(query, k=k), timeout=self.config.call_timeout_s + SYNC_GRACE_S)
