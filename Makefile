@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml requirements-assets.txt
 # flags that ship in the flagpy package (fewer, lower fidelity); the leading '-' allows that.
 FLAGS := data/world/vendor/svg-country-flags/package/png250px
 $(FLAGS): | $(STAMP)
-	-$(PY) -m mmsearch_r1.world fetch-flags
+	-$(PY) -m mmsearch_r1.data.world fetch-flags
 
 # Headless Chromium for the trajectory viewer's browser test (tests/test_viewer.py), from Debian's packages:
 # installed only when `chromium` is missing and apt-get exists (as root, or through passwordless sudo).

@@ -3,7 +3,7 @@
 Builds (or reuses, when fresh) the World index with ``tools.engines.world_indexes`` in
 ``$MMSEARCH_INDEX_DIR`` (default ``data/world/index``), builds the question pool
 (``QuestionConfig(seed=0)``), and scores the visual-knowledge rows ("which country is this?", one
-perturbed query image per entity and view) with ``questions.recall_by_view`` under three scorings of
+perturbed query image per entity and view) with ``data.questions.recall_by_view`` under three scorings of
 the same index (its ``score_weights`` overridden):
 - ``cnn``: EfficientNet-Lite0 features alone (the scoring of features version 2, before layout views);
 - ``layout``: the colour-layout views alone (no CNN forward pass);
@@ -27,10 +27,10 @@ import statistics
 import time
 from pathlib import Path
 
-from mmsearch_r1.questions import QuestionConfig, build_pool, recall_by_view
+from mmsearch_r1.data.questions import QuestionConfig, build_pool, recall_by_view
+from mmsearch_r1.data.world.build import WorldConfig, build_world
 from mmsearch_r1.tools.engines import DEFAULT_INDEX_DIR, world_indexes
 from mmsearch_r1.tools.local import LocalImageEngine
-from mmsearch_r1.world import WorldConfig, build_world
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "image_recall.json"

@@ -1,6 +1,6 @@
 """One warm-start SFT step of the CPU demo policy: TRL's LM head vs the supervised-positions head.
 
-Times ``compute_loss`` + backward (no optimizer step: both see the same weights) of `mmsearch_r1.sft_trainer.SupervisedHeadSFTTrainer`
+Times ``compute_loss`` + backward (no optimizer step: both see the same weights) of `mmsearch_r1.sft.trainer.SupervisedHeadSFTTrainer`
 against TRL's own ``SFTTrainer.compute_loss`` (on CPU: every position through the 49,152-word LM head)
 on the same batch of the demo policy (top 8 layers trainable, as the warm start; bf16 autocast where the
 CPU has native bf16 matmuls), and checks that both give the same loss. Writes
@@ -19,10 +19,10 @@ import datasets
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from mmsearch_r1.config import fast_bf16
-from mmsearch_r1.policy import load_policy
-from mmsearch_r1.sft_trainer import SupervisedHeadSFTTrainer
-from mmsearch_r1.warmstart import freeze_for_sft
+from mmsearch_r1.policy.load import load_policy
+from mmsearch_r1.rl.grpo_args import fast_bf16
+from mmsearch_r1.sft.trainer import SupervisedHeadSFTTrainer
+from mmsearch_r1.sft.warmstart import freeze_for_sft
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEQ, ROWS, SUPERVISED, REPEATS = 450, 2, 90, 5  # a demo trajectory: ~450 tokens, ~20% the policy's own

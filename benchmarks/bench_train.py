@@ -1,7 +1,7 @@
 """Training profile of the CPU demo policy: seconds per GRPO step split into generation, tool calls and the
 rest (reward, log-probs, backward, optimizer), generated tokens per second, peak memory.
 
-Runs a few GRPO steps of the ``cpu_demo`` preset (`mmsearch_r1.config.PRESETS`) with the warm-started demo
+Runs a few GRPO steps of the ``cpu_demo`` preset (`mmsearch_r1.rl.presets.PRESETS`) with the warm-started demo
 policy (``demo-sft``) when notebook 02 has produced it, else the un-warm-started ``demo`` policy (same model,
 same cost per token; its rollouts differ), else the tiny policy (said so in the JSON). Writes
 ``benchmarks/results/train.json``.
@@ -29,12 +29,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def pick_model() -> tuple[str, str]:
     """The policy to profile and why."""
-    from mmsearch_r1.policy import DEMO_SFT_DIR
+    from mmsearch_r1.policy.load import DEMO_SFT_DIR
 
     if (DEMO_SFT_DIR / "config.json").is_file() or (DEMO_SFT_DIR / "adapter_config.json").is_file():
         return "demo-sft", "the warm-started CPU demo policy"
     try:
-        from mmsearch_r1.demo_policy import ensure_demo_policy
+        from mmsearch_r1.policy.demo import ensure_demo_policy
 
         ensure_demo_policy()
         return (
@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="demo-sft, demo or tiny (default: the best available)")
     args = parser.parse_args(argv)
 
-    from mmsearch_r1.config import preset
-    from mmsearch_r1.train import train
+    from mmsearch_r1.rl.config import preset
+    from mmsearch_r1.rl.train import train
 
     model, why = (args.model, "chosen on the command line") if args.model else pick_model()
     base = "tiny" if model == "tiny" else "cpu_demo"

@@ -4,7 +4,7 @@ On a CUDA machine (``make gpu-check``):
 1. runs ``pytest -m gpu`` (tests/test_gpu.py: bf16 forward and generation with images, GRPO with LoRA and
    QLoRA through `train()` with the synthetic offline engines and gradient checkpointing, the warm-start
    SFT, the evaluation rollout with `HFGenerator`, resume from a checkpoint) and records passed/failed;
-2. profiles a few GRPO steps of randomly initialised Qwen2.5-VL policies (`mmsearch_r1.tiny.SHAPES`):
+2. profiles a few GRPO steps of randomly initialised Qwen2.5-VL policies (`mmsearch_r1.policy.tiny.SHAPES`):
    ``lora`` and ``qlora`` with the ``qwen-0.5b`` shape in bf16 with gradient checkpointing, and ``small``
    (the tests' tiny shape) for a like-for-like ratio with the CPU. Each profile runs in its own process
    (a clean peak-memory count) and records seconds per step split as ``bench_train`` does (generation,
@@ -105,10 +105,10 @@ def profile(name: str, device: str, steps: int) -> dict:
     import torch
     from bench_train import median_of, step_profile
 
-    from mmsearch_r1.config import preset
-    from mmsearch_r1.processor import ImageSizes
-    from mmsearch_r1.tiny import SHAPES, build_tiny_policy
-    from mmsearch_r1.train import train
+    from mmsearch_r1.policy.processor import ImageSizes
+    from mmsearch_r1.policy.tiny import SHAPES, build_tiny_policy
+    from mmsearch_r1.rl.config import preset
+    from mmsearch_r1.rl.train import train
 
     shape_name, adapter = PROFILES["small" if name == "cpu" else name]
     gpu = device == "cuda"

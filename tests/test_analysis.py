@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mmsearch_r1.analysis import (
+from mmsearch_r1.evaluation.analysis import (
     PAPER_TABLE1,
     behaviour_breakdown,
     demo_stage,
@@ -19,7 +19,7 @@ from mmsearch_r1.analysis import (
     table1,
     training_curves,
 )
-from mmsearch_r1.evaluate import score_record, summarize_groups
+from mmsearch_r1.evaluation.evaluate import score_record, summarize_groups
 
 
 def _train_run(root, name, penalty, sr_end):
@@ -128,7 +128,7 @@ def test_demo_stage_draws_everything_from_the_folders(runs, tmp_path, capsys):
 
 
 def test_finding5_and_labels(runs):
-    from mmsearch_r1.analysis import discover, finding5, label_evals
+    from mmsearch_r1.evaluation.analysis import discover, finding5, label_evals
 
     found = discover(runs["root"])
     labels = label_evals(found["eval"])

@@ -15,7 +15,9 @@ from trl.chat_template_utils import (
     supports_tool_calling,
 )
 
-from mmsearch_r1.chat_template import (
+from mmsearch_r1.policy.processor import ImageSizes, build_processor
+from mmsearch_r1.policy.tiny import build_tiny_tokenizer
+from mmsearch_r1.protocol.chat_template import (
     IMAGE_TOOL,
     TEXT_TOOL,
     TagProtocolError,
@@ -25,9 +27,7 @@ from mmsearch_r1.chat_template import (
     install_protocol,
     parse_assistant_text,
 )
-from mmsearch_r1.processor import ImageSizes, build_processor
-from mmsearch_r1.protocol import parse_turn, render_turn
-from mmsearch_r1.tiny import build_tiny_tokenizer
+from mmsearch_r1.protocol.tags import parse_turn, render_turn
 
 SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
 VISION = "<|vision_start|><|image_pad|><|vision_end|>"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from mmsearch_r1.curation import (
+from mmsearch_r1.data.curation import (
     CurationConfig,
     Outcome,
     balanced_sample,
@@ -13,7 +13,7 @@ from mmsearch_r1.curation import (
     label_outcomes,
     simulated_rollout_fn,
 )
-from mmsearch_r1.data import rows_to_dataset
+from mmsearch_r1.data.schema import rows_to_dataset
 
 R, W = Outcome(True), Outcome(False)
 IMG_R, TXT_R, MIX_R = Outcome(True, ("image",)), Outcome(True, ("text",)), Outcome(True, ("image", "text"))
@@ -144,9 +144,9 @@ def test_simulated_rollout_fn_is_deterministic_and_respects_knowledge():
 
 def test_curate_with_the_tiny_policy_through_the_inference_rollout():
     """Any loadable policy plugs in via rollout.curation_rollout_fn; a random tiny one mostly fails."""
-    from mmsearch_r1.env import make_env_factory
-    from mmsearch_r1.rollout import HFGenerator, RolloutConfig, curation_rollout_fn
-    from mmsearch_r1.tiny import build_tiny_policy, vision_token_ids
+    from mmsearch_r1.agent.env import make_env_factory
+    from mmsearch_r1.agent.rollout import HFGenerator, RolloutConfig, curation_rollout_fn
+    from mmsearch_r1.policy.tiny import build_tiny_policy, vision_token_ids
     from mmsearch_r1.tools.types import Engines, ImageHit, TextHit
 
     class Img:

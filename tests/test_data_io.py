@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mmsearch_r1 import data as D
+from mmsearch_r1.data import benchmarks as B
+from mmsearch_r1.data import schema as D
 
 
 def _png(colour=(200, 30, 30), size=(24, 16)) -> bytes:
@@ -159,7 +160,7 @@ def test_mmsearch_end2end_format(tmp_path):
     ]  # fmt: skip
     path = tmp_path / "end2end.parquet"
     pq.write_table(pa.Table.from_pylist(recs), path)
-    ds = D.load_benchmark("mmsearch", path)
+    ds = B.load_benchmark("mmsearch", path)
     assert len(ds) == 1 and ds[0]["answer"] == "Golden Gate Bridge" and ds[0]["aliases"] == ["Golden Gate"]
     assert ds[0]["source"] == "mmsearch" and ds[0]["data_id"] == "1"
 
@@ -182,9 +183,9 @@ def test_simplevqa_format_base64_and_english_filter(tmp_path):
     ]
     path = tmp_path / "test.parquet"
     pq.write_table(pa.Table.from_pylist(recs), path)
-    ds = D.load_simplevqa(path)
+    ds = B.load_simplevqa(path)
     assert ds["data_id"] == ["simplevqa_0"] and ds[0]["kind"] == "recognition"
-    assert len(D.load_simplevqa(path, language=None)) == 2  # the corrupt row stays reported, not kept
+    assert len(B.load_simplevqa(path, language=None)) == 2  # the corrupt row stays reported, not kept
 
 
 def test_livevqa_folder_format(tmp_path):
@@ -200,7 +201,7 @@ def test_livevqa_folder_format(tmp_path):
         {"sample_id": "lv2", "query": "Missing?", "query_image": "image/missing.jpg", "gt_answer": "x"},
     ]
     (tmp_path / "qa.json").write_text(json.dumps(qa))
-    ds = D.load_benchmark("livevqa", tmp_path)
+    ds = B.load_benchmark("livevqa", tmp_path)
     assert ds["data_id"] == ["lv1"] and ds[0]["answer"] == "Expo"
 
 
@@ -209,12 +210,12 @@ def test_infoseek_jsonl_and_parquet(tmp_path):
     line = {"data_id": "infoseek_val_1", "image_id": "oven_1", "question": "Which river?",
             "answer": ["Rhine"], "answer_eval": ["Rhine", "Rhein"], "data_split": "val_unseen_entity"}  # fmt: skip
     (tmp_path / "infoseek_val.jsonl").write_text(json.dumps(line) + "\n")
-    ds = D.load_infoseek(tmp_path / "infoseek_val.jsonl", image_root=tmp_path)
+    ds = B.load_infoseek(tmp_path / "infoseek_val.jsonl", image_root=tmp_path)
     assert ds[0]["answer"] == "Rhine" and ds[0]["aliases"] == ["Rhein"]
     pq.write_table(pa.Table.from_pylist([_fvqa_record(0)]), tmp_path / "sub.parquet")
-    assert len(D.load_benchmark("infoseek", tmp_path / "sub.parquet")) == 1
+    assert len(B.load_benchmark("infoseek", tmp_path / "sub.parquet")) == 1
     with pytest.raises(ValueError, match="no hub copy"):
-        D.load_benchmark("infoseek")
+        B.load_benchmark("infoseek")
 
 
 def test_hub_failure_is_a_clear_error(monkeypatch):
@@ -223,9 +224,9 @@ def test_hub_failure_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(D.datasets, "load_dataset", offline)
     with pytest.raises(RuntimeError, match="pass path="):
-        D.load_mmsearch()
+        B.load_mmsearch()
     with pytest.raises(ValueError, match="unknown benchmark"):
-        D.load_benchmark("nope")
+        B.load_benchmark("nope")
 
 
 def test_decode_image_variants(tmp_path):

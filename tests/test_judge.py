@@ -9,7 +9,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from mmsearch_r1.judge import JUDGE_SYSTEM, JudgeConfig, JudgeItem, LLMJudge, build_messages, parse_verdict
+from mmsearch_r1.evaluation.judge import (
+    JUDGE_SYSTEM,
+    JudgeConfig,
+    JudgeItem,
+    LLMJudge,
+    build_messages,
+    parse_verdict,
+)
 
 
 class _FakeJudge(BaseHTTPRequestHandler):
@@ -129,7 +136,7 @@ def test_missing_endpoint_is_a_clear_error(monkeypatch):
 
 
 def test_matcher_for_reward_ablation(server, tmp_path):
-    from mmsearch_r1.rewards import reward_parts
+    from mmsearch_r1.protocol.rewards import reward_parts
 
     judge = _judge(server, tmp_path)
     turns = ["<reason>r</reason><answer>It is Lima, Peru</answer>"]

@@ -7,8 +7,7 @@ import random
 import pytest
 from PIL import Image
 
-from mmsearch_r1.miniature import ForcedStart, finding5_checks, make_env_factory_for, summarize_records
-from mmsearch_r1.miniature_data import (
+from mmsearch_r1.miniature.data import (
     QUESTION,
     MiniatureConfig,
     Trigram,
@@ -17,6 +16,7 @@ from mmsearch_r1.miniature_data import (
     sft_examples,
     synthetic_pairs,
 )
+from mmsearch_r1.miniature.run import ForcedStart, finding5_checks, make_env_factory_for, summarize_records
 
 NAMES = ["Aland", "Borovia", "Cantria", "Delmar", "Estova", "Fenwick", "Galdor", "Horvia", "Istra", "Jorvik",
          "Kelmar", "Lorvia", "Mandor", "Nestria", "Orvala", "Pelnor", "Quenta", "Rostov", "Selvia", "Tarmin"]  # fmt: skip
@@ -173,8 +173,8 @@ def test_two_step_run_end_to_end(tmp_path):
     """Warm start (a few steps), 2 GRPO steps through train.train, evaluation, eval.json and the curve."""
     import json
 
-    from mmsearch_r1.miniature import evaluate_policy, grpo_run, warm_start
-    from mmsearch_r1.policy import load_policy
+    from mmsearch_r1.miniature.run import evaluate_policy, grpo_run, warm_start
+    from mmsearch_r1.policy.load import load_policy
 
     cfg = _cfg(tmp_path, grpo_steps=2, prompts_per_step=4, num_generations=2, max_completion_length=64,
                eval_samples=0)  # fmt: skip

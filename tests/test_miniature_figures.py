@@ -2,7 +2,7 @@
 
 import json
 
-from mmsearch_r1 import miniature_figures as mf
+from mmsearch_r1.miniature import figures as mf
 
 
 def _split(acc, sr, sr_free, sr_req):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mmsearch_r1.data import load_fvqa_parquet, read_extra_info
+from mmsearch_r1.data.schema import load_fvqa_parquet, read_extra_info
 
 ROOT = Path(__file__).resolve().parents[1]
 

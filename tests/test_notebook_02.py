@@ -30,7 +30,7 @@ def test_notebook_02_defaults_are_the_library_defaults():
     `make demo` trains: every parameter that is a `WarmStartConfig` field has the field's default."""
     from dataclasses import fields
 
-    from mmsearch_r1.warmstart import WarmStartConfig
+    from mmsearch_r1.sft.warmstart import WarmStartConfig
 
     nb = nbformat.read(NB, as_version=4)
     (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]

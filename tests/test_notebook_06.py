@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mmsearch_r1.evaluate import score_record, summarize_groups
+from mmsearch_r1.evaluation.evaluate import score_record, summarize_groups
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("papermill")

@@ -12,7 +12,7 @@ import nbformat
 import pytest
 
 from mmsearch_r1.cli import UserError
-from mmsearch_r1.config import load_config, preset
+from mmsearch_r1.rl.config import load_config, preset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def test_notebook_03_defaults_are_make_demos_run_and_a_penalty_gets_its_own_fold
 
 
 def test_smoke_runs_write_under_runs_smoke():
-    from mmsearch_r1.warmstart import WarmStartConfig
+    from mmsearch_r1.sft.warmstart import WarmStartConfig
 
     assert Path(_notebook_config(smoke=True).output_dir).parts[:2] == ("runs", "smoke")
     assert WarmStartConfig(smoke=True).shrink_for_smoke().output_dir == "runs/smoke/warmstart"
@@ -56,7 +56,7 @@ def test_smoke_runs_write_under_runs_smoke():
 
 def test_missing_inputs_name_the_notebook_to_run(tmp_path, monkeypatch):
     from mmsearch_r1.pipeline import DEMO_GRPO_FINAL, ensure_inputs
-    from mmsearch_r1.policy import PolicyLoadError, load_policy
+    from mmsearch_r1.policy.load import PolicyLoadError, load_policy
 
     monkeypatch.chdir(tmp_path)  # a fresh clone: nothing under runs/ or data/generated/
     cfg = preset("cpu_demo")
@@ -70,8 +70,8 @@ def test_missing_inputs_name_the_notebook_to_run(tmp_path, monkeypatch):
 
 
 def test_resume_refuses_a_checkpoint_made_from_other_policy_files(tmp_path):
-    from mmsearch_r1.tiny import build_tiny_policy
-    from mmsearch_r1.train import train
+    from mmsearch_r1.policy.tiny import build_tiny_policy
+    from mmsearch_r1.rl.train import train
 
     base = tmp_path / "base"
     build_tiny_policy(save_dir=base, seed=0)
@@ -97,7 +97,7 @@ def test_resume_refuses_a_checkpoint_made_from_other_policy_files(tmp_path):
     ],
 )
 def test_train_cli_user_errors_are_one_line(argv, text, capsys):
-    from mmsearch_r1.train import main
+    from mmsearch_r1.rl.train import main
 
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -105,7 +105,7 @@ def test_train_cli_user_errors_are_one_line(argv, text, capsys):
 
 
 def test_train_cli_help_has_examples_and_a_closed_pipe_is_quiet():
-    py = [sys.executable, "-m", "mmsearch_r1.train"]
+    py = [sys.executable, "-m", "mmsearch_r1.rl.train"]
     assert "examples:" in subprocess.run([*py, "--help"], capture_output=True, text=True, check=True).stdout
     shell = f"{' '.join(py)} --help-config | true"  # the reader is gone before the first write
     done = subprocess.run(shell, shell=True, capture_output=True, text=True, cwd=ROOT)
@@ -113,7 +113,7 @@ def test_train_cli_help_has_examples_and_a_closed_pipe_is_quiet():
 
 
 def test_warm_start_summary_says_when_validation_was_skipped():
-    from mmsearch_r1.warmstart import summary_line
+    from mmsearch_r1.sft.warmstart import summary_line
 
     line = summary_line({"total_seconds": 5, "peak_rss_gib": 1.0})
     assert "validation skipped" in line and "nan" not in line

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmsearch_r1.chat_template import TAG_CHAT_TEMPLATE
-from mmsearch_r1.policy import Policy, load_policy
-from mmsearch_r1.protocol import render_turn
-from mmsearch_r1.tiny import build_tiny_policy
+from mmsearch_r1.policy.load import Policy, load_policy
+from mmsearch_r1.policy.tiny import build_tiny_policy
+from mmsearch_r1.protocol.chat_template import TAG_CHAT_TEMPLATE
+from mmsearch_r1.protocol.tags import render_turn
 
 
 @pytest.fixture(scope="module")

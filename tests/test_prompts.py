@@ -3,7 +3,7 @@
 import pytest
 from PIL import Image
 
-from mmsearch_r1.prompts import (
+from mmsearch_r1.protocol.prompts import (
     failed_search_text,
     first_user_content,
     first_user_text,

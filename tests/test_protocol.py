@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from search_fakes import PROTOCOL_FRAGMENTS
 
-from mmsearch_r1.protocol import (
+from mmsearch_r1.protocol.tags import (
     Budgets,
     count_searches,
     parse_turn,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmsearch_r1.questions import (
+from mmsearch_r1.data.questions import (
     KINDS,
     TEMPLATES,
     PerturbConfig,
@@ -23,9 +23,9 @@ from mmsearch_r1.questions import (
     recall_by_view,
     split_entities,
 )
-from mmsearch_r1.rewards import exact_match
+from mmsearch_r1.data.world.build import World, WorldConfig, build_world
+from mmsearch_r1.protocol.rewards import exact_match
 from mmsearch_r1.tools.types import ImageHit
-from mmsearch_r1.world import World, WorldConfig, build_world
 
 
 @pytest.fixture(scope="module")

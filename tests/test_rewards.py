@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmsearch_r1.protocol import render_turn
-from mmsearch_r1.rewards import (
+from mmsearch_r1.protocol.rewards import (
     exact_match,
     golds_of,
     mmsearch_reward,
@@ -16,6 +15,7 @@ from mmsearch_r1.rewards import (
     reward_parts,
     sub_exact_match,
 )
+from mmsearch_r1.protocol.tags import render_turn
 
 GOLDS = ["Lima", "Ciudad de los Reyes"]
 A_OK = render_turn("answer", "r", answer="lima")

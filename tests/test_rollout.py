@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mmsearch_r1.env import make_env_factory
-from mmsearch_r1.rollout import (
+from mmsearch_r1.agent.env import make_env_factory
+from mmsearch_r1.agent.rollout import (
     HFGenerator,
     RolloutConfig,
     curation_rollout_fn,
@@ -18,7 +18,7 @@ from mmsearch_r1.rollout import (
     rollout,
     rollout_batch,
 )
-from mmsearch_r1.tiny import build_tiny_policy, vision_token_ids
+from mmsearch_r1.policy.tiny import build_tiny_policy, vision_token_ids
 from mmsearch_r1.tools.types import Engines, ImageHit, SearchError, TextHit
 
 
@@ -229,7 +229,7 @@ def test_direct_runs_no_search_and_rag_always_searches(tiny):
 
 
 def test_curation_adapter(tiny):
-    from mmsearch_r1.curation import Outcome
+    from mmsearch_r1.data.curation import Outcome
 
     _, processor = tiny
     fn = curation_rollout_fn(
@@ -259,13 +259,13 @@ def test_hf_generator_batched_with_tiny_policy(tiny):
 def test_config_errors_and_denominator():
     with pytest.raises(ValueError, match="method"):
         RolloutConfig(method="sometimes")
-    from mmsearch_r1.env import EnvConfig
+    from mmsearch_r1.agent.env import EnvConfig
 
     assert max_search_steps(EnvConfig()) == 2
 
 
 def test_unknown_tool_becomes_an_error_result_like_trl():
-    from mmsearch_r1.rollout import _run_tool
+    from mmsearch_r1.agent.rollout import _run_tool
 
     env = make_env_factory(_engines())()
     env.reset(**_rows()[0])
@@ -324,7 +324,7 @@ class HonestModel(ScriptedModel):
 def test_curation_adapter_plugs_into_curate(tiny):
     import datasets
 
-    from mmsearch_r1.curation import CurationConfig, curate
+    from mmsearch_r1.data.curation import CurationConfig, curate
 
     _, processor = tiny
     rows = _rows()[:3]  # A: searches, then Lima; B: text search, then Quito; C: Paris directly

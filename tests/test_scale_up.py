@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mmsearch_r1.scale_up import (
+from mmsearch_r1.rl.scale_up import (
     SHIPPED_CONFIGS,
     accelerate_config_path,
     launch_command,
@@ -23,7 +23,7 @@ def test_trl_ships_the_accelerate_configs():
 
 def test_launch_command_is_the_training_entry_point_and_validates_the_batch():
     cmd = launch_command({"model": "m", "use_vllm": True, "vllm_mode": "server"}, num_processes=8)
-    assert cmd[:2] == ["accelerate", "launch"] and cmd[cmd.index("-m") + 1] == "mmsearch_r1.train"
+    assert cmd[:2] == ["accelerate", "launch"] and cmd[cmd.index("-m") + 1] == "mmsearch_r1.rl.train"
     assert "use_vllm=true" in cmd and "vllm_mode=server" in cmd
     with pytest.raises(ValueError, match="do not split"):
         launch_command({}, num_processes=6)  # 128 prompts x 8 rollouts over 6 x 16 micro-batches

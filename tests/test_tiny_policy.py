@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-from mmsearch_r1.chat_template import TAG_CHAT_TEMPLATE, check_tag_protocol
-from mmsearch_r1.processor import (
+from mmsearch_r1.policy.processor import (
     MAX_ASPECT,
     ImageSizes,
     NoVideoQwen2_5_VLProcessor,
@@ -23,7 +22,13 @@ from mmsearch_r1.processor import (
     image_sizes_of,
     load_processor,
 )
-from mmsearch_r1.tiny import build_tiny_policy, build_tiny_tokenizer, load_tiny_policy, vision_token_ids
+from mmsearch_r1.policy.tiny import (
+    build_tiny_policy,
+    build_tiny_tokenizer,
+    load_tiny_policy,
+    vision_token_ids,
+)
+from mmsearch_r1.protocol.chat_template import TAG_CHAT_TEMPLATE, check_tag_protocol
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +194,7 @@ def test_stock_processor_needs_a_video_processor_without_torchvision():
     """Why NoVideoQwen2_5_VLProcessor exists (skipped where torchvision is installed)."""
     from transformers import Qwen2_5_VLProcessor
 
-    from mmsearch_r1.processor import has_torchvision
+    from mmsearch_r1.policy.processor import has_torchvision
 
     if has_torchvision():
         pytest.skip("torchvision installed: the stock processor is used")

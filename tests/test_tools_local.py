@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from mmsearch_r1.questions import PerturbConfig, perturb_image
+from mmsearch_r1.data.questions import PerturbConfig, perturb_image
 from mmsearch_r1.tools.__main__ import main as cli_main
 from mmsearch_r1.tools.embed import (
     FEATURES_VERSION,
@@ -321,7 +321,9 @@ def test_world_index_is_rebuilt_when_its_features_are_stale(tmp_path, monkeypatc
             return CORPUS[:3]
 
     builds = []
-    monkeypatch.setattr("mmsearch_r1.world.build_world", lambda *a, **k: builds.append(1) or FakeWorld())
+    monkeypatch.setattr(
+        "mmsearch_r1.data.world.build.build_world", lambda *a, **k: builds.append(1) or FakeWorld()
+    )
     engines.world_indexes(tmp_path)
     meta = tmp_path / "image" / "meta.json"
     assert len(builds) == 1 and json.loads(meta.read_text())["features_version"] == FEATURES_VERSION

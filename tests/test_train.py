@@ -10,18 +10,11 @@ import warnings
 import pytest
 from transformers import TrainerCallback
 
-from mmsearch_r1.config import (
-    PRESETS,
-    TrainConfig,
-    load_config,
-    parse_overrides,
-    per_device_batch,
-    preset,
-    to_grpo_config,
-)
-from mmsearch_r1.run_logging import read_metrics, truncate_metrics
-from mmsearch_r1.tiny import overfit
-from mmsearch_r1.train_data import synthetic_rows, to_trl_dataset
+from mmsearch_r1.policy.tiny import overfit
+from mmsearch_r1.rl.config import PRESETS, TrainConfig, load_config, parse_overrides, preset
+from mmsearch_r1.rl.data import synthetic_rows, to_trl_dataset
+from mmsearch_r1.rl.grpo_args import per_device_batch, to_grpo_config
+from mmsearch_r1.rl.run_logging import read_metrics, truncate_metrics
 
 # -- config ------------------------------------------------------------------------------------------
 
@@ -69,7 +62,7 @@ def test_overrides_are_typed():
 
 
 def test_cpu_demo_uses_bf16_autocast_where_the_cpu_has_native_bf16():
-    from mmsearch_r1.config import fast_bf16
+    from mmsearch_r1.rl.grpo_args import fast_bf16
 
     demo = preset("cpu_demo")
     assert demo.bf16 == "auto" and demo.dtype == "float32"  # fp32 weights, bf16 matmuls
@@ -164,7 +157,7 @@ def _tiny(tmp_path, **kw):
 
 
 def test_grpo_run_writes_metrics_checkpoints_and_resumes(tmp_path):
-    from mmsearch_r1.train import train
+    from mmsearch_r1.rl.train import train
 
     cfg = _tiny(tmp_path, max_steps=4, save_steps=2)
     with pytest.raises(KeyboardInterrupt):
@@ -188,7 +181,7 @@ def test_grpo_run_writes_metrics_checkpoints_and_resumes(tmp_path):
 
 
 def test_sigterm_checkpoints_the_current_step_and_stops(tmp_path):
-    from mmsearch_r1.train import train
+    from mmsearch_r1.rl.train import train
 
     cfg = _tiny(tmp_path, max_steps=5, save_steps=100)
     result = train(cfg, callbacks=[SigtermAt(1)])
@@ -200,13 +193,13 @@ def test_tool_calls_reach_metrics_samples_and_rollout_images(tmp_path):
     """A tiny policy overfit to 'image search, then answer' trains through train(): the metrics see it."""
     import torch
 
-    from mmsearch_r1.env import SearchEnv
-    from mmsearch_r1.policy import Policy
-    from mmsearch_r1.protocol import render_turn
-    from mmsearch_r1.run_logging import rollout_images
-    from mmsearch_r1.tiny import build_tiny_policy
-    from mmsearch_r1.train import train
-    from mmsearch_r1.train_data import synthetic_engines, trl_prompt
+    from mmsearch_r1.agent.env import SearchEnv
+    from mmsearch_r1.policy.load import Policy
+    from mmsearch_r1.policy.tiny import build_tiny_policy
+    from mmsearch_r1.protocol.tags import render_turn
+    from mmsearch_r1.rl.data import synthetic_engines, trl_prompt
+    from mmsearch_r1.rl.run_logging import rollout_images
+    from mmsearch_r1.rl.train import train
 
     torch.manual_seed(0)
     engines = synthetic_engines(tmp_path / "index")
@@ -240,8 +233,8 @@ def test_tool_calls_reach_metrics_samples_and_rollout_images(tmp_path):
 
 
 def test_train_top_layers_freezes_the_rest():
-    from mmsearch_r1.tiny import build_tiny_policy
-    from mmsearch_r1.train import freeze_lower_layers
+    from mmsearch_r1.policy.tiny import build_tiny_policy
+    from mmsearch_r1.rl.train import freeze_lower_layers
 
     model, _ = build_tiny_policy(seed=0, layers=2)
     n = freeze_lower_layers(model, 1)
@@ -257,7 +250,7 @@ def test_shipped_config_files_load():
 
     import mmsearch_r1
 
-    folder = Path(mmsearch_r1.__file__).parent / "configs"
+    folder = Path(mmsearch_r1.__file__).parent / "rl" / "configs"
     files = sorted(folder.glob("*.yaml"))
     assert files
     for path in files:
@@ -266,7 +259,7 @@ def test_shipped_config_files_load():
 
 
 def test_demo_stage_runs_the_cpu_demo_preset(tmp_path, capsys):
-    from mmsearch_r1.train import demo_stage
+    from mmsearch_r1.rl.train import demo_stage
 
     small = dict(model="tiny", dataset="synthetic", engine="synthetic", output_dir=str(tmp_path / "demo"),
                  max_steps=1, num_generations=2, gradient_accumulation_steps=1, max_completion_length=32,
@@ -277,7 +270,7 @@ def test_demo_stage_runs_the_cpu_demo_preset(tmp_path, capsys):
 
 
 def test_resume_refuses_a_run_with_other_settings(tmp_path):
-    from mmsearch_r1.train import train
+    from mmsearch_r1.rl.train import train
 
     old = _tiny(tmp_path)
     (old.run_dir / "checkpoint-1").mkdir(parents=True)
@@ -289,7 +282,7 @@ def test_resume_refuses_a_run_with_other_settings(tmp_path):
 
 def test_resume_skips_a_checkpoint_cut_off_while_saving(tmp_path):
     """A full disk or a kill while saving leaves a checkpoint without trainer_state.json (written last)."""
-    from mmsearch_r1.resume import find_resume_checkpoint
+    from mmsearch_r1.rl.resume import find_resume_checkpoint
 
     cfg = _tiny(tmp_path)
     for step, complete in ((2, True), (4, True), (6, False), (10, False)):
@@ -314,7 +307,7 @@ def test_resume_skips_a_checkpoint_cut_off_while_saving(tmp_path):
     ids=["native-protocol", "lora", "kl-reference-model", "grpo-loss"],
 )
 def test_training_variants_run_one_step(tmp_path, changes):
-    from mmsearch_r1.train import train
+    from mmsearch_r1.rl.train import train
 
     result = train(_tiny(tmp_path, max_steps=1, save_steps=10, **changes))
     assert [m["step"] for m in result.metrics] == [1]
@@ -325,7 +318,7 @@ def test_training_variants_run_one_step(tmp_path, changes):
 
 
 def test_report_to_reaches_the_trainer_and_tensorboard_gets_the_steps(tmp_path):
-    from mmsearch_r1.train import train
+    from mmsearch_r1.rl.train import train
 
     assert to_grpo_config(preset("tiny", report_to="tensorboard")).report_to == ["tensorboard"]
     assert to_grpo_config(preset("tiny", report_to="none")).report_to == []

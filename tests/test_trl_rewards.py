@@ -6,10 +6,10 @@ import warnings
 
 import pytest
 
-from mmsearch_r1.chat_template import install_protocol
-from mmsearch_r1.protocol import render_turn
-from mmsearch_r1.tiny import build_tiny_tokenizer
-from mmsearch_r1.trl_rewards import RewardConfig, make_reward_func, message_to_tag_text, split_turns
+from mmsearch_r1.policy.tiny import build_tiny_tokenizer
+from mmsearch_r1.protocol.chat_template import install_protocol
+from mmsearch_r1.protocol.tags import render_turn
+from mmsearch_r1.rl.rewards import RewardConfig, make_reward_func, message_to_tag_text, split_turns
 
 IMG = render_turn("image_search", "unknown flag")
 TXT = render_turn("text_search", "need a fact", query="Redland capital")

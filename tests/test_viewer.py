@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from mmsearch_r1.viewer import main, render_page, write_viewer
+from mmsearch_r1.evaluation.viewer import main, render_page, write_viewer
 
 HOSTILE = "<script>window.__pwned = 1</script>"
 IMG = "<reason>r</reason><search><img></search><|im_end|>"
@@ -36,9 +36,9 @@ class Scripted:
 @pytest.fixture(scope="module")
 def eval_run(tmp_path_factory):
     """An evaluation run folder written by `evaluate` (tiny policy, scripted turns, synthetic engines)."""
-    from mmsearch_r1.evaluate import EvalConfig, evaluate
-    from mmsearch_r1.tiny import build_tiny_policy
-    from mmsearch_r1.train_data import synthetic_rows
+    from mmsearch_r1.evaluation.evaluate import EvalConfig, evaluate
+    from mmsearch_r1.policy.tiny import build_tiny_policy
+    from mmsearch_r1.rl.data import synthetic_rows
 
     out = tmp_path_factory.mktemp("eval")
     model, processor = build_tiny_policy()
@@ -58,13 +58,13 @@ def train_run(tmp_path_factory):
     (the pattern of test_train.py::test_tool_calls_reach_metrics_samples_and_rollout_images)."""
     import torch
 
-    from mmsearch_r1.config import preset
-    from mmsearch_r1.env import SearchEnv
-    from mmsearch_r1.policy import Policy
-    from mmsearch_r1.protocol import render_turn
-    from mmsearch_r1.tiny import build_tiny_policy, overfit
-    from mmsearch_r1.train import train
-    from mmsearch_r1.train_data import synthetic_engines, synthetic_rows, trl_prompt
+    from mmsearch_r1.agent.env import SearchEnv
+    from mmsearch_r1.policy.load import Policy
+    from mmsearch_r1.policy.tiny import build_tiny_policy, overfit
+    from mmsearch_r1.protocol.tags import render_turn
+    from mmsearch_r1.rl.config import preset
+    from mmsearch_r1.rl.data import synthetic_engines, synthetic_rows, trl_prompt
+    from mmsearch_r1.rl.train import train
 
     tmp = tmp_path_factory.mktemp("train")
     torch.manual_seed(0)
@@ -145,7 +145,7 @@ def test_missing_or_empty_run_folder_is_one_error_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "nope" in err and "evaluate" in err
     (tmp_path / "empty").mkdir()
-    proc = subprocess.run([sys.executable, "-m", "mmsearch_r1.viewer", str(tmp_path / "empty")],
+    proc = subprocess.run([sys.executable, "-m", "mmsearch_r1.evaluation.viewer", str(tmp_path / "empty")],
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
     assert "empty" in proc.stderr and "Traceback" not in proc.stderr

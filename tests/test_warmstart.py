@@ -8,14 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from mmsearch_r1.env import EnvConfig
-from mmsearch_r1.policy import load_policy
-from mmsearch_r1.protocol import parse_turn, render_turn
-from mmsearch_r1.rollout import RolloutConfig, rag_query
+from mmsearch_r1.agent.env import EnvConfig
+from mmsearch_r1.agent.rollout import RolloutConfig, rag_query
+from mmsearch_r1.data.world.build import Entity, World
+from mmsearch_r1.policy.load import load_policy
+from mmsearch_r1.protocol.tags import parse_turn, render_turn
+from mmsearch_r1.sft.trajectories import RAG_PLAN, build_trajectories, needs_search, plan_for
+from mmsearch_r1.sft.warmstart import ProtocolCollator, WarmStartConfig, freeze_for_sft, sft
 from mmsearch_r1.tools.types import Engines, ImageHit, TextHit
-from mmsearch_r1.warmstart import ProtocolCollator, WarmStartConfig, freeze_for_sft, sft
-from mmsearch_r1.warmstart_data import RAG_PLAN, build_trajectories, needs_search, plan_for
-from mmsearch_r1.world import Entity, World
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_sft_rejects_an_unknown_precision(tmp_path):
 
 
 def test_balance_follows_the_weights_and_fills_gaps():
-    from mmsearch_r1.warmstart_data import balance
+    from mmsearch_r1.sft.trajectories import balance
 
     traj = [{"plan": "answer", "i": i} for i in range(50)] + [
         {"plan": "text_search -> answer", "i": i} for i in range(5)
@@ -190,7 +190,7 @@ def test_balance_follows_the_weights_and_fills_gaps():
 
 
 def test_score_counts_accuracy_format_and_searches():
-    from mmsearch_r1.warmstart_eval import score
+    from mmsearch_r1.sft.validate import score
 
     row = {"answer": "Lima", "aliases": [], "kind": "text_only"}
     eps = [
@@ -210,7 +210,7 @@ def test_score_counts_accuracy_format_and_searches():
 
 
 def test_boundary_tables_search_choices_against_what_the_model_knows():
-    from mmsearch_r1.warmstart_eval import boundary
+    from mmsearch_r1.sft.validate import boundary
 
     def ep(entity, searched, acc):
         return {"row": {"entity_id": entity}, "searched": float(searched), "acc": float(acc)}
@@ -225,7 +225,7 @@ def test_boundary_tables_search_choices_against_what_the_model_knows():
 
 
 def test_eval_rollout_adapts_the_shared_rollout(tiny):
-    from mmsearch_r1.warmstart_eval import mark_engine_ok, rollout, score
+    from mmsearch_r1.sft.validate import mark_engine_ok, rollout, score
 
     tok = tiny.tokenizer
     answer = tok.encode(
@@ -249,7 +249,7 @@ def test_eval_rollout_adapts_the_shared_rollout(tiny):
 
 
 def test_length_batched_pairs_similar_lengths_in_random_order():
-    from mmsearch_r1.warmstart import length_batched
+    from mmsearch_r1.sft.warmstart import length_batched
 
     rows = [{"length": n, "i": i} for i, n in enumerate([900, 100, 880, 110, 500, 520, 300, 310])]
     out = length_batched(rows, 2, seed=0)
@@ -266,7 +266,7 @@ def test_supervised_head_loss_equals_trls_loss_with_the_same_gradients(tmp_path)
     import datasets
     from trl import SFTConfig, SFTTrainer
 
-    from mmsearch_r1.sft_trainer import SupervisedHeadSFTTrainer
+    from mmsearch_r1.sft.trainer import SupervisedHeadSFTTrainer
 
     policy = load_policy("tiny", seed=3)
     freeze_for_sft(policy.model, train_top_layers=1, train_vision=False)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mmsearch_r1.world import DEFAULT_ROOT, World, WorldConfig, build_world, render_outline
-from mmsearch_r1.world_aliases import continent_of, strip_accents
+from mmsearch_r1.data.world.aliases import continent_of, strip_accents
+from mmsearch_r1.data.world.build import DEFAULT_ROOT, World, WorldConfig, build_world, render_outline
 
 CONTINENTS = {"Africa", "Asia", "Europe", "North America", "South America", "Oceania"}
 
@@ -119,7 +119,7 @@ def test_alias_helpers():
 
 @pytest.mark.skipif(
     not (DEFAULT_ROOT / "vendor/svg-country-flags/package/png250px").is_dir(),
-    reason="npm flags not fetched (python -m mmsearch_r1.world fetch-flags)",
+    reason="npm flags not fetched (python -m mmsearch_r1.data.world fetch-flags)",
 )
 def test_npm_world_has_200_countries_without_duplicate_flags():
     w = build_world(WorldConfig())

@@ -1,11 +1,12 @@
 """mmsearch-r1: teach vision-language models to search on demand with GRPO.
 
-Modules (each says what it does and does not in its own docstring):
-``protocol`` (the tag protocol), ``prompts`` (every text the policy reads), ``rewards`` (the paper's
-reward), ``tools`` (search engines and the cache), ``world``/``questions``/``data``/``curation``
-(datasets), ``chat_template``/``processor``/``tiny``/``policy``/``demo_policy`` (policies),
-``env``/``trl_rewards``/``train`` (GRPO through TRL), ``warmstart`` (SFT), ``rollout``/``evaluate``
-(inference and evaluation).
+Subpackages, one per stage of the paper (each module says what it does and does not in its docstring):
+``protocol`` (the tag protocol, prompts, reward and chat template), ``tools`` (search engines and the
+cache), ``data`` (row schema, benchmarks, the offline world, questions, curation), ``policy`` (loading
+policies; the tiny and CPU demo ones), ``agent`` (the search environment and the multi-turn rollout),
+``sft`` (the supervised warm start), ``rl`` (GRPO through TRL), ``evaluation`` (benchmarks, judge,
+metrics, analysis, the trajectory viewer) and ``miniature`` (Finding 5 on CPU). Top level: ``demo``
+(``make demo``'s stage runner), ``pipeline`` (its data stages), ``cli``, ``helpers``, ``notebook_utils``.
 """
 
 __version__ = "0.1.0"

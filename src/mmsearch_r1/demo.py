@@ -17,9 +17,14 @@ import time
 import traceback
 from collections.abc import Callable
 
-from mmsearch_r1 import analysis, evaluate, miniature, miniature_figures, pipeline, train, warmstart
-from mmsearch_r1.protocol import render_turn
-from mmsearch_r1.rewards import reward_parts
+from mmsearch_r1 import pipeline
+from mmsearch_r1.evaluation import analysis, evaluate
+from mmsearch_r1.miniature import figures as miniature_figures
+from mmsearch_r1.miniature import run as miniature
+from mmsearch_r1.protocol.rewards import reward_parts
+from mmsearch_r1.protocol.tags import render_turn
+from mmsearch_r1.rl import train
+from mmsearch_r1.sft import warmstart
 
 # (stage name, function run with no arguments, what it does)
 STAGES: list[tuple[str, Callable, str]] = [

@@ -4,22 +4,23 @@ What it does:
 
 * `world_stage`: builds (or loads from cache) the offline world, its search indexes and the question
   pool, and writes the splits to ``data/generated/world_{train_pool,validation,test}.parquet`` with
-  `data.write_pool` (what notebook 01 does with its defaults, minus the figures).
+  `data.schema.write_pool` (what notebook 01 does with its defaults, minus the figures).
 * `curation_stage`: search-balanced curation (paper §3.1) of a seeded sample of the training pool with
   the warm-started policy itself: ``k`` sampled rollouts per question without search and ``k`` with
-  search (`rollout.curation_rollout_fn`, the same template, parser, `SearchEnv` and budgets as
+  search (`agent.rollout.curation_rollout_fn`, the same template, parser, `SearchEnv` and budgets as
   training), label, sample to the target free/required ratio, and write the result to the file the
   ``cpu_demo`` training preset reads (``data/generated/world_train.parquet``). (The unbalanced-data
   ablation of Finding 5 runs on the miniature: ``make reproduce``.)
 
-Both are thin: every step is a call into `world`, `questions`, `data`, `tools`, `rollout` and
-`curation`. Settings live in `DataStageConfig` and are written beside the data as JSON.
+Both are thin: every step is a call into `data.world`, `data.questions`, `data.schema`, `tools`,
+`agent.rollout` and `data.curation`. Settings live in `DataStageConfig` and are written beside the data as JSON.
 
 * `ensure_inputs`: what a notebook calls first: builds the demo inputs a run reads and that are missing
   (warm start, world + curation, the demo GRPO run), in `make demo`'s order, with a message each; or,
   told not to build, stops with one line naming the notebook to run.
 
-What it does not: no training (`train`), no evaluation (`evaluate`), no figures (`analysis`).
+What it does not: no training (`rl.train`), no evaluation (`evaluation.evaluate`), no figures
+(`evaluation.analysis`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class DataStageConfig:
     n_known: int = 75
     """Prior knowledge boundary of the pool: the n most populous countries count as known."""
     policy: str = "demo-sft"
-    """Policy that curates (`policy.load_policy`): the warm-started CPU demo policy."""
+    """Policy that curates (`policy.load.load_policy`): the warm-started CPU demo policy."""
     curation_questions: int = 16
     """Training-pool questions to curate (seeded sample). The demo's 8 GRPO steps of 2 prompts see 16;
     curation is the demo's dearest stage per question (2 x k rollouts each)."""
@@ -58,16 +59,17 @@ class DataStageConfig:
 
     @property
     def train_path(self) -> Path:
-        from mmsearch_r1.config import DEMO_DATASET
+        from mmsearch_r1.rl.presets import DEMO_DATASET
 
         return Path(DEMO_DATASET)
 
 
 def world_stage(config: DataStageConfig | None = None) -> dict:
     """Build the world, its indexes and the pool; write the splits. Returns sizes and timings."""
-    from mmsearch_r1 import data, questions
+    from mmsearch_r1.data import questions
+    from mmsearch_r1.data import schema as data
+    from mmsearch_r1.data.world.build import WorldConfig, build_world
     from mmsearch_r1.tools.engines import world_indexes
-    from mmsearch_r1.world import WorldConfig, build_world
 
     cfg = config or DataStageConfig()
     t0 = time.perf_counter()
@@ -88,14 +90,14 @@ def world_stage(config: DataStageConfig | None = None) -> dict:
 
 def _curator(cfg: DataStageConfig):
     """The warm-started policy wrapped as curation's ``rollout_fn`` (same env settings as training)."""
-    from mmsearch_r1.config import preset
-    from mmsearch_r1.env import make_env_factory
-    from mmsearch_r1.generation import HFGenerator, vision_ids
-    from mmsearch_r1.policy import load_policy
-    from mmsearch_r1.processor import image_sizes_of
-    from mmsearch_r1.protocol import Budgets
-    from mmsearch_r1.rollout import RolloutConfig, curation_rollout_fn
-    from mmsearch_r1.train_data import make_train_engines
+    from mmsearch_r1.agent.env import make_env_factory
+    from mmsearch_r1.agent.generation import HFGenerator, vision_ids
+    from mmsearch_r1.agent.rollout import RolloutConfig, curation_rollout_fn
+    from mmsearch_r1.policy.load import load_policy
+    from mmsearch_r1.policy.processor import image_sizes_of
+    from mmsearch_r1.protocol.tags import Budgets
+    from mmsearch_r1.rl.config import preset
+    from mmsearch_r1.rl.data import make_train_engines
 
     demo = preset("cpu_demo")
     policy = load_policy(cfg.policy)
@@ -120,8 +122,8 @@ def _curator(cfg: DataStageConfig):
 
 def curation_stage(config: DataStageConfig | None = None) -> dict:
     """Curate a sample of the training pool with the warm-started policy; write the RL training set."""
-    from mmsearch_r1 import data
-    from mmsearch_r1.curation import CurationConfig, curate
+    from mmsearch_r1.data import schema as data
+    from mmsearch_r1.data.curation import CurationConfig, curate
 
     cfg = config or DataStageConfig()
     t0 = time.perf_counter()
@@ -150,7 +152,7 @@ def curation_stage(config: DataStageConfig | None = None) -> dict:
 
 def _resample(labelled, free_ratio: float, seed: int):
     """Sample labelled rows to a free/required ratio, keeping as many rows as that ratio allows."""
-    from mmsearch_r1.curation import balanced_sample
+    from mmsearch_r1.data.curation import balanced_sample
 
     labels = dict(zip(labelled["data_id"], labelled["category"], strict=True))
     try:
@@ -179,8 +181,8 @@ def ensure_inputs(model: str = "", dataset: str = "", *, build: bool = True) -> 
     one `UserError` naming the notebook or command that makes it.
     """
     from mmsearch_r1.cli import UserError
-    from mmsearch_r1.config import DEMO_DATASET
-    from mmsearch_r1.policy import DEMO_SFT_DIR
+    from mmsearch_r1.policy.load import DEMO_SFT_DIR
+    from mmsearch_r1.rl.presets import DEMO_DATASET
 
     cfg = DataStageConfig()
     needs = []
@@ -197,7 +199,7 @@ def ensure_inputs(model: str = "", dataset: str = "", *, build: bool = True) -> 
     for step, path, _ in needs:
         print(f"[inputs] {path} is missing: building the {step} as make demo does", flush=True)
         if step == "warm start":
-            from mmsearch_r1.warmstart import demo_stage as warm_start
+            from mmsearch_r1.sft.warmstart import demo_stage as warm_start
 
             warm_start()
         elif step == "curated training set":
@@ -205,7 +207,7 @@ def ensure_inputs(model: str = "", dataset: str = "", *, build: bool = True) -> 
                 world_stage(cfg)
             curation_stage(cfg)
         else:
-            from mmsearch_r1.train import demo_stage as grpo
+            from mmsearch_r1.rl.train import demo_stage as grpo
 
             grpo()
         done.append(step)

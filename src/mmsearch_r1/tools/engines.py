@@ -10,9 +10,9 @@ What it does:
   missing keys, replay misses, bugs) leaves it only as a `SearchError` with a redacted message, and is
   counted; `try_search_image`/`try_search_text` return a `ToolOutcome` and never raise at all.
 - `build_indexes(gallery, corpus, index_dir)` builds both local indexes; `world_indexes()` builds them
-  from the offline World (``mmsearch_r1.world``) into ``data/world/index`` unless present.
+  from the offline World (``mmsearch_r1.data.world.build``) into ``data/world/index`` unless present.
 
-What it does not: no result formatting for the policy (``prompts.py``), no budgets (``env.py``).
+What it does not: no result formatting for the policy (``protocol.prompts``), no budgets (``agent.env``).
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ def world_indexes(index_dir: str | Path = DEFAULT_INDEX_DIR, *, rebuild: bool = 
     fresh = img_meta.exists() and json.loads(img_meta.read_text()).get("features_version") == FEATURES_VERSION
     if not rebuild and fresh and (d / "text" / "meta.json").exists():
         return d
-    from mmsearch_r1.world import build_world
+    from mmsearch_r1.data.world.build import build_world
 
     world = build_world()
     return build_indexes(world.search_gallery(), world.search_corpus(), d)
