@@ -68,7 +68,7 @@ CANONICAL = {
     "tool_seconds": "timing/tools_s",
     "rollout_seconds": "timing/rollout_s",
 }
-"""metrics.jsonl's stable names and the TRL/`trl_rewards` log keys they come from."""
+"""metrics.jsonl's stable names and the TRL/`rl.rewards` log keys they come from."""
 
 
 def peak_memory_mb() -> float:
