@@ -13,9 +13,12 @@ NB = Path(__file__).resolve().parent.parent / "notebooks" / "03_train.ipynb"
 
 
 def test_notebook_03_smoke(tmp_path):
-    run_dir = tmp_path / "run"
+    """Run from a folder of its own, with the default output: the smoke run writes under runs/smoke/ only,
+    never where make demo's run (runs/demo_grpo, which notebook 05 reads) lives."""
     out = tmp_path / "out.ipynb"
-    run_notebook(NB, out, smoke=True, output_dir=str(run_dir), penalty=0.0)
+    run_notebook(NB, out, cwd=tmp_path, smoke=True, penalty=0.0)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["smoke"]
+    run_dir = tmp_path / "runs" / "smoke" / "03_train"
     nb = nbformat.read(out, as_version=4)
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
