@@ -93,3 +93,60 @@ class FakeTextEngine:
 
 
 __all__ = ["PROTOCOL_FRAGMENTS", "ROW", "THUMBNAILS", "FakeImageEngine", "FakeTextEngine", "SearchError"]
+
+
+def image_search_policy(engines, *, steps: int = 100, stop_below: float | None = None):
+    """``(model, processor, rows)``: a tiny policy overfit to 'image search, then answer' on one synthetic
+    flag question (``rows``, its one-row dataset), so that GRPO and viewer tests see real tool calls."""
+    import torch
+
+    from mmsearch_r1.agent.env import SearchEnv
+    from mmsearch_r1.policy.tiny import build_tiny_policy, overfit
+    from mmsearch_r1.protocol.tags import render_turn
+    from mmsearch_r1.rl.data import synthetic_rows, trl_prompt
+
+    torch.manual_seed(0)
+    rows = synthetic_rows(seed=0).filter(lambda r: r["kind"] == "visual_knowledge").select([0])
+    row = rows[0]
+    env = SearchEnv(engines)
+    env.reset(**row)
+    user = trl_prompt(row["question"])[0]
+    msgs = [
+        {"role": "user", "content": [{"type": "image", "image": row["image"]}, user["content"][1]]},
+        {"role": "assistant", "content": render_turn("image_search", "I do not know this flag.")},
+        {"role": "tool", "name": "search", "content": env.search()},
+        {"role": "assistant", "content": render_turn("answer", "The results say so.", answer=row["answer"])},
+    ]
+    model, processor = build_tiny_policy(seed=0)
+    loss = overfit(model, processor, [msgs], steps=steps, stop_below=stop_below)
+    return model, processor, rows, loss
+
+
+class ScriptedTurns:
+    """A generator (the rollout's ``Generator``) that writes ``turns[i]`` as the policy's i-th turn (the
+    last one repeats), reading the turn index off the conversation so far."""
+
+    def __init__(self, processor, turns: list[str]):
+        self.tok = processor.tokenizer
+        self.turns = turns
+
+    def __call__(self, requests):
+        out = []
+        for ids, _ in requests:
+            turn = self.tok.decode(ids, skip_special_tokens=False).count("<|im_start|>assistant") - 1
+            out.append(self.tok.encode(self.turns[min(turn, len(self.turns) - 1)], add_special_tokens=False))
+        return out
+
+
+def send_bytes(handler, code: int, body: bytes, ctype: str = "application/json", headers: dict | None = None):
+    """Answer a ``BaseHTTPRequestHandler`` request (loopback fake servers); a client gone early is fine."""
+    handler.send_response(code)
+    handler.send_header("Content-Type", ctype)
+    handler.send_header("Content-Length", str(len(body)))
+    for k, v in (headers or {}).items():
+        handler.send_header(k, v)
+    handler.end_headers()
+    try:
+        handler.wfile.write(body)
+    except (BrokenPipeError, ConnectionResetError):
+        pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from search_fakes import ScriptedTurns
 
 from mmsearch_r1.evaluation.evaluate import (
     EvalConfig,
@@ -22,6 +23,8 @@ from mmsearch_r1.evaluation.judge import Verdict
 ANS = "<reason>r</reason><answer>{}</answer><|im_end|>"
 IMG = "<reason>r</reason><search><img></search><|im_end|>"
 TXT = "<reason>r</reason><text_search>q</text_search><|im_end|>"
+ALWAYS_SEARCH = [IMG, TXT, ANS.format("Corla")]
+"""Scripted turns: image search, text search, then the answer 'Corla'."""
 
 
 def rec(
@@ -123,22 +126,6 @@ def test_judge_accuracy_replaces_em_when_complete():
     assert s["judge_missing"] == 1 and s["acc_metric"] == "em"
 
 
-class AlwaysSearch:
-    """Scripted model: image search, text search, then answers 'Corla'."""
-
-    def __init__(self, processor):
-        self.tok = processor.tokenizer
-
-    def __call__(self, requests):
-        out = []
-        for ids, _ in requests:
-            turn = self.tok.decode(ids, skip_special_tokens=False).count("<|im_start|>assistant") - 1
-            out.append(
-                self.tok.encode([IMG, TXT, ANS.format("Corla")][min(turn, 2)], add_special_tokens=False)
-            )
-        return out
-
-
 def test_evaluate_end_to_end_writes_run_folder(tmp_path):
     from mmsearch_r1.policy.tiny import build_tiny_policy
     from mmsearch_r1.rl.data import synthetic_rows
@@ -147,7 +134,10 @@ def test_evaluate_end_to_end_writes_run_folder(tmp_path):
     cfg = EvalConfig(name="t", engine="synthetic", out_dir=str(tmp_path), progress=False, policy="tiny")
     rows = synthetic_rows(4)
     result = evaluate(
-        cfg, policy=(model, processor), datasets={"synthetic": rows}, generator=AlwaysSearch(processor)
+        cfg,
+        policy=(model, processor),
+        datasets={"synthetic": rows},
+        generator=ScriptedTurns(processor, ALWAYS_SEARCH),
     )
     assert (tmp_path / "t" / "eval.json").is_file()
     saved, items = load_eval(tmp_path / "t")
@@ -178,7 +168,10 @@ def test_search_settings_follow_the_training_run(tmp_path):
     cfg = EvalConfig(name="e", policy=str(run / "final"), engine="synthetic", methods=["on_demand"],
                      out_dir=str(tmp_path / "runs"), progress=False)  # fmt: skip
     result = evaluate(
-        cfg, policy=(model, processor), datasets={"s": synthetic_rows(1)}, generator=AlwaysSearch(processor)
+        cfg,
+        policy=(model, processor),
+        datasets={"s": synthetic_rows(1)},
+        generator=ScriptedTurns(processor, ALWAYS_SEARCH),
     )
     assert result["env_from_training"] == {"image_k": 2, "text_k": 1, "max_turns": 3}
     _, items = load_eval(tmp_path / "runs" / "e")

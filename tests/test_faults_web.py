@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from PIL import Image
+from search_fakes import send_bytes
 
 import mmsearch_r1
 from mmsearch_r1.tools.cache import CacheConfig
@@ -85,17 +86,8 @@ def _handler(srv: Server):
         def log_message(self, *a):
             pass
 
-        def send(self, code: int, body: bytes, ctype: str = "application/json", headers: dict | None = None):
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            try:
-                self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+        def send(self, *args, **kwargs):
+            send_bytes(self, *args, **kwargs)
 
         def _handle(self):
             n = int(self.headers.get("Content-Length") or 0)

@@ -16,12 +16,11 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from mmsearch_r1.agent.env import SearchEnv, make_env_factory
+from mmsearch_r1.agent.env import make_env_factory
 from mmsearch_r1.policy.load import load_policy
-from mmsearch_r1.policy.tiny import build_tiny_policy, overfit, vision_token_ids
-from mmsearch_r1.protocol.tags import render_turn
+from mmsearch_r1.policy.tiny import build_tiny_policy, vision_token_ids
 from mmsearch_r1.rl.config import preset
-from mmsearch_r1.rl.data import synthetic_engines, synthetic_rows, trl_prompt
+from mmsearch_r1.rl.data import synthetic_engines, synthetic_rows
 
 pytestmark = pytest.mark.gpu
 
@@ -43,20 +42,9 @@ def engines(tmp_path_factory):
 
 def _image_search_policy(engines, save_dir):
     """A tiny policy taught 'image search, then answer' on one synthetic row, saved to ``save_dir``."""
-    torch.manual_seed(0)
-    rows = synthetic_rows(seed=0).filter(lambda r: r["kind"] == "visual_knowledge").select([0])
-    row = rows[0]
-    env = SearchEnv(engines)
-    env.reset(**row)
-    user = trl_prompt(row["question"])[0]
-    msgs = [
-        {"role": "user", "content": [{"type": "image", "image": row["image"]}, user["content"][1]]},
-        {"role": "assistant", "content": render_turn("image_search", "I do not know this flag.")},
-        {"role": "tool", "name": "search", "content": env.search()},
-        {"role": "assistant", "content": render_turn("answer", "The results say so.", answer=row["answer"])},
-    ]
-    model, processor = build_tiny_policy(seed=0)
-    loss = overfit(model, processor, [msgs], steps=200, stop_below=0.02)
+    from search_fakes import image_search_policy
+
+    model, processor, rows, loss = image_search_policy(engines, steps=200, stop_below=0.02)
     assert loss < 0.05
     model.save_pretrained(save_dir)
     processor.save_pretrained(save_dir)

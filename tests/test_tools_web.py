@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 from PIL import Image
+from search_fakes import send_bytes
 
 from mmsearch_r1.tools.cache import CacheConfig
 from mmsearch_r1.tools.engines import EngineConfig, engine_stats, make_engines
@@ -64,17 +65,8 @@ def make_handler(fake: Fake):
         def log_message(self, *a):
             pass
 
-        def _send(self, code: int, body: bytes, ctype="application/json", headers=None):
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            try:
-                self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+        def _send(self, *args, **kwargs):
+            send_bytes(self, *args, **kwargs)
 
         def do_GET(self):
             self._handle()

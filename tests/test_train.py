@@ -10,7 +10,6 @@ import warnings
 import pytest
 from transformers import TrainerCallback
 
-from mmsearch_r1.policy.tiny import overfit
 from mmsearch_r1.rl.config import PRESETS, TrainConfig, load_config, parse_overrides, preset
 from mmsearch_r1.rl.data import synthetic_rows, to_trl_dataset
 from mmsearch_r1.rl.grpo_args import per_device_batch, to_grpo_config
@@ -191,31 +190,16 @@ def test_sigterm_checkpoints_the_current_step_and_stops(tmp_path):
 
 def test_tool_calls_reach_metrics_samples_and_rollout_images(tmp_path):
     """A tiny policy overfit to 'image search, then answer' trains through train(): the metrics see it."""
-    import torch
 
-    from mmsearch_r1.agent.env import SearchEnv
+    from search_fakes import image_search_policy
+
     from mmsearch_r1.policy.load import Policy
-    from mmsearch_r1.policy.tiny import build_tiny_policy
-    from mmsearch_r1.protocol.tags import render_turn
-    from mmsearch_r1.rl.data import synthetic_engines, trl_prompt
+    from mmsearch_r1.rl.data import synthetic_engines
     from mmsearch_r1.rl.run_logging import rollout_images
     from mmsearch_r1.rl.train import train
 
-    torch.manual_seed(0)
     engines = synthetic_engines(tmp_path / "index")
-    rows = synthetic_rows(seed=0).filter(lambda r: r["kind"] == "visual_knowledge").select([0])
-    row = rows[0]
-    env = SearchEnv(engines)
-    env.reset(**row)
-    user = trl_prompt(row["question"])[0]
-    msgs = [
-        {"role": "user", "content": [{"type": "image", "image": row["image"]}, user["content"][1]]},
-        {"role": "assistant", "content": render_turn("image_search", "I do not know this flag.")},
-        {"role": "tool", "name": "search", "content": env.search()},
-        {"role": "assistant", "content": render_turn("answer", "The results say so.", answer=row["answer"])},
-    ]
-    model, processor = build_tiny_policy(seed=0)
-    overfit(model, processor, [msgs], steps=100)
+    model, processor, rows, _ = image_search_policy(engines)
     cfg = _tiny(
         tmp_path, max_steps=1, prompts_per_step=1, temperature=0.3, max_completion_length=400, save_steps=10
     )

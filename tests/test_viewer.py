@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from search_fakes import ScriptedTurns
 
 from mmsearch_r1.evaluation.viewer import main, render_page, write_viewer
 
@@ -16,21 +17,6 @@ HOSTILE = "<script>window.__pwned = 1</script>"
 IMG = "<reason>r</reason><search><img></search><|im_end|>"
 TXT = "<reason>r " + HOSTILE + "</reason><text_search>q</text_search><|im_end|>"
 ANS = "<reason>r</reason><answer>{}</answer><|im_end|>"
-
-
-class Scripted:
-    """Scripted model: image search, a text search whose reasoning carries a script tag, then 'Azuria'."""
-
-    def __init__(self, processor):
-        self.tok = processor.tokenizer
-
-    def __call__(self, requests):
-        out = []
-        for ids, _ in requests:
-            turn = self.tok.decode(ids, skip_special_tokens=False).count("<|im_start|>assistant") - 1
-            text = [IMG, TXT, ANS.format("Azuria")][min(turn, 2)]
-            out.append(self.tok.encode(text, add_special_tokens=False))
-        return out
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +33,7 @@ def eval_run(tmp_path_factory):
         cfg,
         policy=(model, processor),
         datasets={"synthetic": synthetic_rows(4)},
-        generator=Scripted(processor),
+        generator=ScriptedTurns(processor, [IMG, TXT, ANS.format("Azuria")]),
     )
     return out / "ev"
 
@@ -56,32 +42,16 @@ def eval_run(tmp_path_factory):
 def train_run(tmp_path_factory):
     """A GRPO run folder from one step of a tiny policy overfit to 'image search, then answer'
     (the pattern of test_train.py::test_tool_calls_reach_metrics_samples_and_rollout_images)."""
-    import torch
+    from search_fakes import image_search_policy
 
-    from mmsearch_r1.agent.env import SearchEnv
     from mmsearch_r1.policy.load import Policy
-    from mmsearch_r1.policy.tiny import build_tiny_policy, overfit
-    from mmsearch_r1.protocol.tags import render_turn
     from mmsearch_r1.rl.config import preset
-    from mmsearch_r1.rl.data import synthetic_engines, synthetic_rows, trl_prompt
+    from mmsearch_r1.rl.data import synthetic_engines
     from mmsearch_r1.rl.train import train
 
     tmp = tmp_path_factory.mktemp("train")
-    torch.manual_seed(0)
     engines = synthetic_engines(tmp / "index")
-    rows = synthetic_rows(seed=0).filter(lambda r: r["kind"] == "visual_knowledge").select([0])
-    row = rows[0]
-    env = SearchEnv(engines)
-    env.reset(**row)
-    user = trl_prompt(row["question"])[0]
-    msgs = [
-        {"role": "user", "content": [{"type": "image", "image": row["image"]}, user["content"][1]]},
-        {"role": "assistant", "content": render_turn("image_search", "I do not know this flag.")},
-        {"role": "tool", "name": "search", "content": env.search()},
-        {"role": "assistant", "content": render_turn("answer", "The results say so.", answer=row["answer"])},
-    ]
-    model, processor = build_tiny_policy(seed=0)
-    overfit(model, processor, [msgs], steps=100)
+    model, processor, rows, _ = image_search_policy(engines)
     cfg = preset("tiny", output_dir=str(tmp / "run"), max_steps=1, prompts_per_step=1, temperature=0.3,
                  max_completion_length=400, save_steps=10, log_samples=8)  # fmt: skip
     train(cfg, policy=Policy(model, processor, "tiny", "tiny"), rows=rows, engines=engines)
