@@ -205,3 +205,25 @@ def test_factory_is_zero_arg_and_validates_overrides():
         make_env_factory(Engines(), nonsense=1)
     with pytest.raises(ValueError, match="grammar"):
         EnvConfig(grammar="loose")
+
+
+def test_every_stage_builds_its_environment_from_one_settings_type():
+    """Training's and evaluation's flat search fields become the same `EnvConfig`; the factory fits
+    thumbnails to the policy's own processor; a generator suppresses the vision tokens by default."""
+    from mmsearch_r1.agent.env import policy_env_factory
+    from mmsearch_r1.agent.generation import HFGenerator, vision_ids
+    from mmsearch_r1.evaluation.evaluate import EvalConfig
+    from mmsearch_r1.policy.processor import image_sizes_of
+    from mmsearch_r1.policy.tiny import build_tiny_policy
+    from mmsearch_r1.rl.config import preset
+
+    train = preset("cpu_demo", max_turns=2, image_budget=1, text_budget=1, grammar="flexible")
+    evaluation = EvalConfig(max_turns=2, image_budget=1, text_budget=1, grammar="flexible",
+                            image_k=train.image_k, text_k=train.text_k)  # fmt: skip
+    assert EnvConfig.from_settings(train) == EnvConfig.from_settings(evaluation)
+    assert EnvConfig.from_settings(train).budgets == Budgets(max_turns=2, image=1, text=1)
+    model, processor = build_tiny_policy(seed=0)
+    env = policy_env_factory(Engines(FakeImageEngine(), FakeTextEngine()), train, processor)()
+    assert env.config.sizes == image_sizes_of(processor) and env.config.image_k == train.image_k
+    assert HFGenerator(model, processor).suppress_tokens == vision_ids(processor)
+    assert HFGenerator(model, processor, suppress_tokens=()).suppress_tokens == []

@@ -90,33 +90,24 @@ def world_stage(config: DataStageConfig | None = None) -> dict:
 
 def _curator(cfg: DataStageConfig):
     """The warm-started policy wrapped as curation's ``rollout_fn`` (same env settings as training)."""
-    from mmsearch_r1.agent.env import make_env_factory
-    from mmsearch_r1.agent.generation import HFGenerator, vision_ids
+    from mmsearch_r1.agent.env import policy_env_factory
+    from mmsearch_r1.agent.generation import HFGenerator
     from mmsearch_r1.agent.rollout import RolloutConfig, curation_rollout_fn
     from mmsearch_r1.policy.load import load_policy
-    from mmsearch_r1.policy.processor import image_sizes_of
-    from mmsearch_r1.protocol.tags import Budgets
     from mmsearch_r1.rl.config import preset
     from mmsearch_r1.rl.data import make_train_engines
 
     demo = preset("cpu_demo")
     policy = load_policy(cfg.policy)
     engines = make_train_engines(demo)
-    factory = make_env_factory(
-        engines,
-        Budgets(max_turns=demo.max_turns, image=demo.image_budget, text=demo.text_budget),
-        sizes=image_sizes_of(policy.processor),
-        grammar=demo.grammar,
-        image_k=demo.image_k,
-        text_k=demo.text_k,
-    )
+    factory = policy_env_factory(engines, demo, policy.processor)
     rcfg = RolloutConfig(
         temperature=cfg.temperature,
         max_new_tokens=cfg.max_new_tokens,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
     )
-    gen = HFGenerator(policy.model, policy.processor, rcfg, suppress_tokens=vision_ids(policy.processor))
+    gen = HFGenerator(policy.model, policy.processor, rcfg)
     return curation_rollout_fn(policy.processor, gen, factory, rcfg)
 
 

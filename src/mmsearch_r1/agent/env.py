@@ -34,7 +34,7 @@ from typing import Any
 
 from PIL import Image
 
-from mmsearch_r1.policy.processor import ImageSizes, fit_image
+from mmsearch_r1.policy.processor import ImageSizes, fit_image, image_sizes_of
 from mmsearch_r1.protocol import prompts
 from mmsearch_r1.protocol.tags import STRICT_SEQUENCES, Budgets
 from mmsearch_r1.tools.types import Engines, ImageHit, TextHit
@@ -63,6 +63,16 @@ class EnvConfig:
     processor sees them. Pass the policy's own: ``sizes=image_sizes_of(processor)`` (one source of truth)."""
     max_query_chars: int = 300
     """Longer text-search queries are refused (a runaway generation is not a query)."""
+
+    @classmethod
+    def from_settings(cls, cfg) -> EnvConfig:
+        """The search settings of a stage's config: an `EnvConfig` as it is, or any config with the flat
+        fields ``max_turns``, ``image_budget``, ``text_budget``, ``grammar``, ``image_k``, ``text_k``
+        (`TrainConfig`, `EvalConfig`), so that every stage searches under the same rules."""
+        if isinstance(cfg, EnvConfig):
+            return cfg
+        budgets = Budgets(max_turns=cfg.max_turns, image=cfg.image_budget, text=cfg.text_budget)
+        return cls(budgets=budgets, grammar=cfg.grammar, image_k=cfg.image_k, text_k=cfg.text_k)
 
     def __post_init__(self):
         if self.grammar not in ("strict", "flexible"):
@@ -268,6 +278,15 @@ def _error_text(err: Exception) -> str:
     return f"{type(err).__name__}: {message}" if message else type(err).__name__
 
 
+def policy_env_factory(engines: Engines, settings, processor) -> Callable[[], SearchEnv]:
+    """The environments of a stage: the search settings of ``settings`` (`EnvConfig.from_settings`) with
+    thumbnails fitted to ``processor``'s own image bounds. Training, evaluation, the warm start's
+    validation, curation and the miniature all build their environments here."""
+    return make_env_factory(
+        engines, config=EnvConfig.from_settings(settings), sizes=image_sizes_of(processor)
+    )
+
+
 def make_env_factory(
     engines: Engines | None = None,
     budgets: Budgets | None = None,
@@ -279,9 +298,7 @@ def make_env_factory(
     """A zero-argument callable for ``GRPOTrainer(environment_factory=...)`` building `SearchEnv` instances.
 
     ``budgets``, ``sizes`` and keyword ``overrides`` (any `EnvConfig` field) replace those of ``config``.
-    Pass the policy's image budgets so thumbnails get its cap::
-
-        make_env_factory(engines, budgets, sizes=image_sizes_of(policy.processor), grammar=...)
+    A stage with a policy uses `policy_env_factory`, which fits thumbnails to the policy's image bounds.
     """
     config = config or EnvConfig()
     changes = dict(overrides)

@@ -29,10 +29,12 @@ class HFGenerator:
     """Batched ``model.generate`` over token-id requests with images (left padding; CPU or GPU)."""
 
     def __init__(self, model, processor, config: RolloutConfig | None = None, *, suppress_tokens=None):
+        """``suppress_tokens``: ids never sampled; None (default) means the processor's vision placeholder
+        tokens (`vision_ids`), as training suppresses them; ``()`` suppresses nothing."""
         self.model, self.processor = model, processor
         self.config = config or RolloutConfig()
         self.tokenizer = getattr(processor, "tokenizer", processor)
-        self.suppress_tokens = list(suppress_tokens or [])
+        self.suppress_tokens = list(vision_ids(processor) if suppress_tokens is None else suppress_tokens)
         self.image_pad_id = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
 
     def __call__(self, requests: Sequence[Request]) -> list[list[int]]:

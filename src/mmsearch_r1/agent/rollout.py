@@ -404,7 +404,7 @@ def curation_rollout_fn(
     ``allow_search=True`` runs ``on_demand``, ``False`` runs ``direct`` (no search ever runs); each
     result is a ``data.curation.Outcome`` (exact match against the answer and aliases, searches in order).
     Use ``temperature > 0`` in ``config`` so that the ``k`` rollouts differ, and build ``env_factory`` as
-    training does (``make_env_factory(engines, budgets, sizes=image_sizes_of(processor), ...)``).
+    training does (`mmsearch_r1.agent.env.policy_env_factory`).
     """
     from mmsearch_r1.data.curation import Outcome
 

@@ -185,11 +185,8 @@ def evaluate(
     ``policy`` (a `policy.load.Policy` or a ``(model, processor)`` pair), ``datasets`` (``{label: rows}``),
     ``engines`` and ``generator`` replace what the config would load (tests, notebooks).
     """
-    from mmsearch_r1.agent.env import EnvConfig, make_env_factory
-    from mmsearch_r1.agent.generation import vision_ids
+    from mmsearch_r1.agent.env import policy_env_factory
     from mmsearch_r1.agent.rollout import HFGenerator, RolloutConfig, rollout
-    from mmsearch_r1.policy.processor import image_sizes_of
-    from mmsearch_r1.protocol.tags import Budgets
 
     cfg = config or EvalConfig()
     t0 = time.perf_counter()
@@ -215,14 +212,7 @@ def evaluate(
     env_from = _training_env(cfg) if cfg.env_from_training else None
     if env_from:
         cfg = EvalConfig(**{**cfg.__dict__, **env_from})
-    env_cfg = EnvConfig(
-        budgets=Budgets(max_turns=cfg.max_turns, image=cfg.image_budget, text=cfg.text_budget),
-        grammar=cfg.grammar,
-        image_k=cfg.image_k,
-        text_k=cfg.text_k,
-        sizes=image_sizes_of(processor),  # thumbnails shrunk to the policy's own bounds, as in training
-    )
-    factory = make_env_factory(engines, config=env_cfg)
+    factory = policy_env_factory(engines, cfg, processor)  # the same rules and thumbnails as training
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     items_path = run_dir / "eval_items.jsonl"
@@ -236,7 +226,7 @@ def evaluate(
             rcfg = RolloutConfig(method=method, max_new_tokens=cfg.max_new_tokens,
                                  temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed,
                                  progress=cfg.progress)  # fmt: skip
-            gen = generator or HFGenerator(model, processor, rcfg, suppress_tokens=vision_ids(processor))
+            gen = generator or HFGenerator(model, processor, rcfg)
             recs = rollout(rows, processor, gen, factory, rcfg, desc=f"{label} {method}")
             recs = [score_record(r, benchmark=label) for r in recs]
             if judge is not None:

@@ -50,14 +50,13 @@ from mmsearch_r1.miniature.data import (
 
 def make_env_factory_for(cfg: MiniatureConfig, processor):
     """`SearchEnv` factory over the miniature's index, exactly as its GRPO runs build it."""
-    from mmsearch_r1.agent.env import make_env_factory
-    from mmsearch_r1.policy.processor import image_sizes_of
+    from mmsearch_r1.agent.env import EnvConfig, policy_env_factory
     from mmsearch_r1.protocol.tags import Budgets
     from mmsearch_r1.tools.engines import EngineConfig, make_engines
 
     engines = make_engines(EngineConfig(index_dir=str(cfg.index_dir)))
-    budgets = Budgets(max_turns=2, image=0, text=1)
-    return make_env_factory(engines, budgets, sizes=image_sizes_of(processor), text_k=cfg.text_k, image_k=1)
+    settings = EnvConfig(budgets=Budgets(max_turns=2, image=0, text=1), text_k=cfg.text_k, image_k=1)
+    return policy_env_factory(engines, settings, processor)
 
 
 # -- warm start ---------------------------------------------------------------------------------------
@@ -178,14 +177,13 @@ def evaluate_policy(
     model, processor, rows_by_split: dict, env_factory, *, samples: int = 0, seed: int = 0
 ) -> dict:
     """``{mode: {split: summary}}`` for the greedy modes (and ``on_demand_t1`` with ``samples`` > 0)."""
-    from mmsearch_r1.agent.generation import vision_ids
     from mmsearch_r1.agent.rollout import HFGenerator, RolloutConfig, rollout
 
     out: dict = {}
     plans = [(m, 0.0, 1) for m in MODES] + ([("on_demand_t1", 1.0, samples)] if samples else [])
     for mode, temp, k in plans:
         rcfg = RolloutConfig(max_new_tokens=40, temperature=temp, batch_size=64, seed=seed, progress=False)
-        gen = HFGenerator(model, processor, rcfg, suppress_tokens=vision_ids(processor))
+        gen = HFGenerator(model, processor, rcfg)
         prefix = MODES.get(mode)
         gen = ForcedStart(gen, processor, prefix) if prefix else gen
         out[mode] = {}

@@ -14,7 +14,7 @@ What it does:
   thumbnails cost few tokens (Qwen2.5-VL spends one token per 28x28 area). The processor is the one
   source of truth: `build_processor`/`load_processor` store the thumbnail cap on its image processor
   (saved in ``preprocessor_config.json``), `image_sizes_of(processor)` reads all three bounds back, and
-  the search environment takes them (``make_env_factory(..., sizes=image_sizes_of(processor))``).
+  the search environment takes them (`mmsearch_r1.agent.env.policy_env_factory`).
 - `fit_image`: transformers' own ``smart_resize`` plus what it lacks for thumbnails (padding of
   elongated images to an aspect ratio the cap and the processor accept, a hard clamp to the bounds).
 - The tag protocol (or the native one) is installed on every processor built or loaded here.
@@ -81,7 +81,7 @@ def _set_sizes(processor, sizes: ImageSizes | None):
 def image_sizes_of(processor) -> ImageSizes:
     """The `ImageSizes` a processor applies: its pixel bounds and the thumbnail cap stored with it.
 
-    Pass the result to the search environment (``make_env_factory(..., sizes=image_sizes_of(processor))``)
+    The search environment uses it (`mmsearch_r1.agent.env.policy_env_factory`)
     so that thumbnails are shrunk to the policy's cap. A processor without a stored cap (a hub
     checkpoint) gets the `ImageSizes` default, clamped into its bounds.
     """

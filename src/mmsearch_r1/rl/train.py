@@ -163,10 +163,8 @@ def build_trainer(cfg: TrainConfig, *, policy=None, rows=None, engines=None, cal
     """The ``TimedGRPOTrainer`` of ``cfg`` plus its parts (policy, dataset, engines, reward function)."""
     from accelerate import PartialState
 
-    from mmsearch_r1.agent.env import make_env_factory
+    from mmsearch_r1.agent.env import EnvConfig, policy_env_factory
     from mmsearch_r1.agent.generation import vision_ids
-    from mmsearch_r1.policy.processor import image_sizes_of
-    from mmsearch_r1.protocol.tags import Budgets
     from mmsearch_r1.rl.data import load_rows, make_train_engines, to_trl_dataset
     from mmsearch_r1.rl.rewards import RewardConfig, make_reward_func
     from mmsearch_r1.rl.run_logging import GracefulStop, MetricsLogger, TimedGRPOTrainer
@@ -187,15 +185,8 @@ def build_trainer(cfg: TrainConfig, *, policy=None, rows=None, engines=None, cal
             "different questions; lower prompts_per_step or use more rows."
         )
     dataset = to_trl_dataset(rows)
-    budgets = Budgets(max_turns=cfg.max_turns, image=cfg.image_budget, text=cfg.text_budget)
-    env_factory = make_env_factory(
-        engines,
-        budgets,
-        sizes=image_sizes_of(policy.processor),  # thumbnails shrunk to the policy's own cap, as in evaluation
-        grammar=cfg.grammar,
-        image_k=cfg.image_k,
-        text_k=cfg.text_k,
-    )
+    env_factory = policy_env_factory(engines, cfg, policy.processor)
+    budgets = EnvConfig.from_settings(cfg).budgets
     reward = make_reward_func(
         policy.processor,
         RewardConfig(

@@ -22,15 +22,14 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from mmsearch_r1.agent.env import EnvConfig, make_env_factory
-from mmsearch_r1.agent.generation import HFGenerator, vision_ids
+from mmsearch_r1.agent.env import EnvConfig, policy_env_factory
+from mmsearch_r1.agent.generation import HFGenerator
 from mmsearch_r1.agent.rollout import RolloutConfig
 from mmsearch_r1.agent.rollout import rollout as shared_rollout
 from mmsearch_r1.data.questions import QuestionConfig, build_pool
 from mmsearch_r1.data.world.build import build_world
 from mmsearch_r1.policy.demo import cache_root
 from mmsearch_r1.policy.load import load_policy
-from mmsearch_r1.policy.processor import image_sizes_of
 from mmsearch_r1.protocol.rewards import exact_match
 from mmsearch_r1.protocol.tags import END_OF_TURN_TOKENS, count_searches, parse_turn, validate_trajectory
 from mmsearch_r1.sft.config import WarmStartConfig, sample_rows
@@ -46,12 +45,12 @@ def rollout(policy, rows: list[dict], engines, *, env_config: EnvConfig | None =
     as ``turn_records``). ``generator`` replaces the policy's `HFGenerator` (tests)."""
     env_config = env_config or EnvConfig()
     processor = policy.processor
-    factory = make_env_factory(engines, config=env_config, sizes=image_sizes_of(processor))
+    factory = policy_env_factory(engines, env_config, processor)
     cfg = RolloutConfig(method=method, max_new_tokens=max_new_tokens, temperature=temperature,
                         batch_size=batch_size, seed=seed)  # fmt: skip
     if generator is None:
         policy.model.eval()
-        generator = HFGenerator(policy.model, processor, cfg, suppress_tokens=vision_ids(processor))
+        generator = HFGenerator(policy.model, processor, cfg)
     records = shared_rollout(rows, processor, generator, factory, cfg, desc=f"warm-start eval {method}")
     return [
         {**rec, "row": row, "turns": [_clean(t["text"]) for t in rec["turns"]], "turn_records": rec["turns"]}
