@@ -35,7 +35,11 @@ def test_memory_budgets_follow_the_documented_formulas():
     rows = {r["model"]: r for r in memory_budget_rows(gpus=8)}
     r7 = rows["Qwen2.5-VL-7B-Instruct"]
     assert r7["QLoRA NF4, 1 GPU"] < r7["LoRA bf16, 1 GPU"] < r7["full, ZeRO-2 x8"]
-    assert r7["full, ZeRO-3 x8"] == pytest.approx((4 * 152064 * 3584 + 18 * 8.29e9 / 8) / 2**30)
+    # 7B on 8 GPUs, model states per GPU (GiB): ZeRO-3 shards 18 B/param and gathers the largest layer (the
+    # 152,064 x 3,584 embedding); LoRA keeps 2 B/param frozen + 16 B per adapter param (1%); NF4 4.127 bits
+    assert r7["full, ZeRO-3 x8"] == pytest.approx(19.40, abs=0.01)
+    assert r7["LoRA bf16, 1 GPU"] == pytest.approx(16.68, abs=0.01)
+    assert r7["QLoRA NF4, 1 GPU"] == pytest.approx(5.22, abs=0.01)
 
 
 @pytest.mark.slow

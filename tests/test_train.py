@@ -26,13 +26,38 @@ def test_paper_defaults_are_the_papers():
     assert (cfg.image_budget, cfg.text_budget, cfg.max_turns) == (1, 2, 3)
 
 
-def test_every_preset_builds_and_cpu_demo_differs():
+def test_every_preset_builds_with_its_own_settings():
     for name in PRESETS:
         assert preset(name).preset == name
-    demo = preset("cpu_demo")
     assert preset("cpu_demo", name="run_x").name == "run_x"  # `name` is a field, not the preset
-    assert demo.model == "demo-sft" and demo.scale_rewards == "group"
-    assert demo.learning_rate != TrainConfig().learning_rate
+    demo = preset("cpu_demo")
+    assert (demo.model, demo.dataset, demo.engine, demo.name) == (
+        "demo-sft",
+        "data/generated/world_train.parquet",
+        "local",
+        "demo_grpo",
+    )
+    assert (demo.num_generations, demo.prompts_per_step, demo.max_steps, demo.max_completion_length) == (
+        4,
+        2,
+        8,
+        512,
+    )
+    assert (demo.learning_rate, demo.beta, demo.train_top_layers, demo.image_k, demo.text_k) == (
+        1e-5,
+        0.0,
+        8,
+        1,
+        2,
+    )
+    assert demo.scale_rewards == "group" and demo.penalty == 0.1
+    tiny = preset("tiny")
+    assert (tiny.model, tiny.dataset, tiny.engine, tiny.report_to) == (
+        "tiny",
+        "synthetic",
+        "synthetic",
+        "none",
+    )
 
 
 def test_file_round_trip_and_override_precedence(tmp_path):
