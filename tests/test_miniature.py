@@ -147,7 +147,7 @@ def _ev(sr_free, sr_req, acc, rag_acc):
     od = {"all": {"accuracy": acc, "search_ratio": (sr_free + sr_req) / 2}, "search_free": {"search_ratio": sr_free},
           "search_required": {"search_ratio": sr_req}}  # fmt: skip
     rag = {"all": {"accuracy": rag_acc, "search_ratio": 1.0}}
-    return {"on_demand": {"train": od, "rl_unbalanced": od}, "rag": {"train": rag}}
+    return {"on_demand": {"train": od, "rl_unbalanced": od}, "forced_search": {"train": rag}}
 
 
 def test_finding5_checks_pass_and_fail():
@@ -162,8 +162,8 @@ def test_finding5_checks_pass_and_fail():
 
 
 def test_summarize_records_by_category():
-    recs = [{"category": "search_free", "correct_em": True, "searches": 0},
-            {"category": "search_required", "correct_em": False, "searches": 1}]  # fmt: skip
+    recs = [{"category": "search_free", "em": True, "searched": False},
+            {"category": "search_required", "em": False, "searched": True}]  # fmt: skip
     s = summarize_records(recs)
     assert s["all"] == {"n": 2, "accuracy": 0.5, "search_ratio": 0.5}
     assert s["search_free"]["search_ratio"] == 0.0 and s["search_required"]["accuracy"] == 0.0
@@ -184,7 +184,7 @@ def test_two_step_run_end_to_end(tmp_path):
     policy = load_policy(cfg.sft_dir, dtype="float32")
     before = evaluate_policy(policy.model, policy.processor, {"test": data.splits["test"]},
                              make_env_factory_for(cfg, policy.processor))  # fmt: skip
-    assert set(before) == {"on_demand", "rag", "direct"}
+    assert set(before) == {"on_demand", "forced_search", "forced_answer"}
     rec = grpo_run(cfg, data, "smoke", 0.1, "rl_balanced", before)
     run = tmp_path / "runs" / "miniature_smoke"
     assert rec["steps"] == 2 and [c["step"] for c in rec["curve"]] == [1, 2]

@@ -18,8 +18,8 @@ def _run(root, name, penalty, split, sr):
     steps = [{"step": i, "reward": 0.8, "search_ratio": sr} for i in (1, 2, 3)]
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in steps) + "\n")
     after = {"on_demand": {"train": _split(0.95, sr, sr / 2, sr), "test": _split(0.9, sr, sr, sr)},
-             "rag": {"train": _split(0.97, 1.0, 1.0, 1.0), "test": _split(0.96, 1.0, 1.0, 1.0)}}  # fmt: skip
-    before = {"rag": after["rag"], "direct": {"train": _split(0.5, 0.0, 0.0, 0.0)}}
+             "forced_search": {"train": _split(0.97, 1.0, 1.0, 1.0), "test": _split(0.96, 1.0, 1.0, 1.0)}}  # fmt: skip
+    before = {"forced_search": after["forced_search"], "forced_answer": {"train": _split(0.5, 0.0, 0.0, 0.0)}}
     curve = [{"step": i, "sr_search_free": sr / 2, "sr_search_required": sr} for i in (1, 2, 3)]
     ev = {"name": name, "penalty": penalty, "split": split, "steps": 3, "train_search_ratio_last10": sr,
           "curve": curve, "before": before, "after": after}  # fmt: skip
@@ -36,10 +36,16 @@ def test_figures_and_table_from_run_folders(tmp_path):
     c = mf.curves(runs)
     assert set(c["metric"]) == {"reward", "search_ratio", "sr_search_free", "sr_search_required"}
     fr = mf.frontier(runs)
-    assert set(fr["policy"]) == {"RL p=0.1", "RL p=0", "RAG (warm start)", "direct (warm start)"}
+    assert set(fr["policy"]) == {
+        "RL p=0.1",
+        "RL p=0",
+        "forced search (warm start)",
+        "forced answer (warm start)",
+    }
     tab = mf.table(runs).set_index("run")
     assert (
-        tab.loc["p0.1_balanced", "train SR free"] == 0.25 and tab.loc["p0_balanced", "test RAG acc"] == 0.96
+        tab.loc["p0.1_balanced", "train SR free"] == 0.25
+        and tab.loc["p0_balanced", "test forced-search acc"] == 0.96
     )
     written = mf.demo_stage(runs_dir=tmp_path, figures_dir=tmp_path / "fig")
     assert all((tmp_path / "fig" / f).is_file() for f in

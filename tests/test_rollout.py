@@ -195,7 +195,7 @@ def test_same_turns_and_observations_as_trl_tool_loop(tiny):
     # Row A ran image then text search; E's third turn asked for a search that never ran.
     recs = [t.record("on_demand") for t in trajs]
     assert recs[0]["search_sequence"] == ["image_search", "text_search"] and recs[0]["prediction"] == "Lima"
-    assert recs[0]["correct_em"] and recs[0]["tool_tokens"] > 0 and recs[0]["observations"][0]["images"] == 2
+    assert recs[0]["em"] and recs[0]["tool_tokens"] > 0 and recs[0]["observations"][0]["images"] == 2
     assert (
         recs[1]["tool_refused"] == 1 and recs[1]["prediction"] == "Quito"
     )  # image search after text: refused

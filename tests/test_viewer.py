@@ -92,7 +92,7 @@ def test_training_samples_keep_bounded_images_and_the_page_shows_them(train_run)
     assert searched and searched[0]["images"]["tools"][0]
     for b64 in [searched[0]["images"]["question"], *searched[0]["images"]["tools"][0]]:
         assert max(image_from_b64(b64).size) <= 128
-    assert {"kind", "prediction", "correct_em"} <= set(samples[0])
+    assert {"kind", "prediction", "em"} <= set(samples[0])
     page, n = render_page(train_run)
     assert n == len(samples) and 'data-key="step"' in page and "reward:" in page
     assert page.count("data:image/jpeg;base64,") >= len(samples) + len(searched)

@@ -189,23 +189,31 @@ def test_balance_follows_the_weights_and_fills_gaps():
     assert balance(traj, None, {}) == traj
 
 
-def test_score_counts_accuracy_format_and_searches():
+def test_score_reads_the_one_scorer_and_counts_executed_searches_only():
+    from mmsearch_r1.protocol.rewards import score_record
     from mmsearch_r1.sft.validate import score
 
     row = {"answer": "Lima", "aliases": [], "kind": "text_only"}
+
+    def episode(texts, prediction, searches):
+        rec = {"answer": "Lima", "aliases": [], "prediction": prediction, "searches": searches,
+               "turns": [{"text": t} for t in texts]}  # fmt: skip
+        return {**score_record(rec), "row": row}
+
     eps = [
-        {"row": row, "turns": [render_turn("answer", "r", answer="Lima")]},
-        {
-            "row": row,
-            "turns": [render_turn("text_search", "r", query="capital of Peru"), "<answer>Lima</answer>"],
-        },
-        {"row": row, "turns": [render_turn("answer", "r", answer="Cusco")]},
+        episode([render_turn("answer", "r", answer="Lima")], "Lima", 0),
+        episode(
+            [render_turn("text_search", "r", query="capital of Peru"), "<answer>Lima</answer>"], "Lima", 1
+        ),
+        episode([render_turn("answer", "r", answer="Cusco")], "Cusco", 0),
+        # a search written in the last turn is cut by the turn limit: it was not executed, so not "searched"
+        episode([render_turn("text_search", "r", query="capital of Peru")], None, 0),
     ]
     s = score(eps, needs_search=lambda r: True)
-    assert s["all"]["n"] == 3
-    assert s["all"]["acc"] == pytest.approx(2 / 3)
-    assert s["all"]["format"] == pytest.approx(2 / 3)
-    assert s["all"]["searched"] == pytest.approx(1 / 3)
+    assert s["all"]["n"] == 4
+    assert s["all"]["acc"] == pytest.approx(2 / 4)
+    assert s["all"]["format"] == pytest.approx(2 / 4)  # the bare <answer> turn and the unanswered one fail
+    assert s["all"]["searched"] == pytest.approx(1 / 4)
     assert s["needs_search"] == s["all"]
 
 

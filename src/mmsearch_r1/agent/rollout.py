@@ -25,10 +25,11 @@ image title and the question replaces it, marked ``forced``).
 
 Returns one JSON-ready record per (row, sample): every turn (text, parse, tokens), every tool
 observation (text with ``<image>`` placeholders, image count, tokens, the environment's log entry),
-the prediction, search counts, failures and token counts. `curation_rollout_fn` adapts all this to
+the prediction with its score (`protocol.rewards.score_record`: ``em``, ``subem``, ``format_ok``,
+``searched``), search counts, failures and token counts. `curation_rollout_fn` adapts all this to
 ``data.curation``'s ``rollout_fn(rows, *, allow_search, k)`` interface.
 
-What it does not: no metrics (`mmsearch_r1.evaluation.evaluate`), no training, no prompt wording (`mmsearch_r1.protocol.prompts`).
+What it does not: no aggregate metrics (`mmsearch_r1.evaluation.evaluate`), no training, no prompt wording (`mmsearch_r1.protocol.prompts`).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from mmsearch_r1.agent.generation import Generator, HFGenerator, Request, VLLMGe
 from mmsearch_r1.agent.rollout_config import METHODS, RolloutConfig  # noqa: F401 - re-exported
 from mmsearch_r1.helpers import jpeg_b64
 from mmsearch_r1.protocol import prompts
-from mmsearch_r1.protocol.rewards import exact_match
+from mmsearch_r1.protocol.rewards import score_record
 from mmsearch_r1.protocol.tags import parse_turn, render_turn
 
 TOOL_KIND = {"search": "image_search", "image_search": "image_search", "text_search": "text_search"}
@@ -154,7 +155,6 @@ class Trajectory:
             if entry.get("reason"):
                 obs["reason"] = entry["reason"]
         row = self.row
-        golds = [row.get("answer", "")] + list(row.get("aliases") or [])
         rec = {
             "data_id": row.get("data_id"),
             "question": row.get("question"),
@@ -168,7 +168,6 @@ class Trajectory:
             "turns": self.turns,
             "observations": self.observations,
             "prediction": pred,
-            "correct_em": bool(exact_match(pred, golds)),
             "image_calls": counters["image_calls"],
             "text_calls": counters["text_calls"],
             "searches": counters["searches"],
@@ -188,6 +187,7 @@ class Trajectory:
             "stop": self.stop or ("answer" if pred is not None else "no_answer"),
             "seconds": round(self.seconds, 3),
         }
+        score_record(rec)
         if images and RECORD_IMAGE_SIDE:
             rec["images"] = self.images_field()
         return rec
@@ -420,7 +420,7 @@ def curation_rollout_fn(
             outs = []
             for rec in records[i * k : (i + 1) * k]:
                 seq = tuple("image" if s == "image_search" else "text" for s in rec["search_sequence"])
-                outs.append(Outcome(correct=rec["correct_em"], searches=seq))
+                outs.append(Outcome(correct=rec["em"], searches=seq))
             out.append(outs)
         return out
 

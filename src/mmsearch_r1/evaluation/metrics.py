@@ -1,7 +1,7 @@
 """Metrics of the evaluation, as pure functions over per-item rollout records (JSON dicts).
 
-What it does: `score_record` adds exact match, SubEM, the strict-format check and a search flag to one
-record; `summarize` turns records into accuracy (EM, SubEM, the judge's when every item was judged),
+What it does: `score_record` scores one record with the project's one scorer
+(`mmsearch_r1.protocol.rewards.score_record`: exact match, SubEM, strict format, searched) and adds the judge slot; `summarize` turns records into accuracy (EM, SubEM, the judge's when every item was judged),
 the search ratio by both of the paper's definitions (``sr_any``: share of answers that ran at least one
 search, §4.1; ``sr_calls``: search calls over the maximum the method allows, Tab. 1 caption), calls per
 question by type, failures and refusals, format rate, tokens (prompt, model, tool) and an estimated
@@ -18,28 +18,21 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from mmsearch_r1.protocol.rewards import exact_match, sub_exact_match
-from mmsearch_r1.protocol.tags import validate_trajectory
-
-METHOD_LABELS = {"direct": "Direct", "rag": "RAG", "on_demand": "On-demand"}
-"""Display names of the methods (the paper's Table 1 wording)."""
+from mmsearch_r1.protocol.rewards import score_record as _score
 
 
 def score_record(rec: dict, *, benchmark: str | None = None) -> dict:
-    """Add EM, SubEM, format and search flags to one rollout record (in place; returns it)."""
-    golds = [rec.get("answer") or ""] + list(rec.get("aliases") or [])
-    pred = rec.get("prediction")
-    rec["em"] = bool(exact_match(pred, golds))
-    rec["subem"] = bool(sub_exact_match(pred, golds))
-    texts = [t["text"] for t in rec.get("turns", []) if not t.get("scripted")]
-    ok, why = validate_trajectory([t["text"] for t in rec.get("turns", [])] or [""], grammar="strict")
-    rec["format_ok"], rec["format_why"] = ok, why
-    rec["model_turns"] = len(texts)
-    rec["searched"] = rec.get("searches", 0) > 0
+    """`mmsearch_r1.protocol.rewards.score_record` (the one scorer) plus the evaluation's ``judge`` slot and
+    ``benchmark`` label (in place; returns it)."""
+    _score(rec)
     rec.setdefault("judge", None)
     if benchmark is not None:
         rec["benchmark"] = benchmark
     return rec
+
+
+METHOD_LABELS = {"direct": "Direct", "rag": "RAG", "on_demand": "On-demand"}
+"""Display names of the methods (the paper's Table 1 wording)."""
 
 
 def _mean(xs: Iterable[float]) -> float | None:
@@ -66,7 +59,7 @@ def summarize(
         "judge_acc": _mean(float(j) for j in judged),
         "judged": len(judged),
         "judge_missing": n - len(judged),
-        "sr_any": _mean(float(r.get("searches", 0) > 0) for r in records),
+        "sr_any": _mean(float(r["searched"]) for r in records),
         "sr_calls": (img + txt) / steps if steps else 0.0,
         "image_calls_per_q": img / n,
         "text_calls_per_q": txt / n,
@@ -91,7 +84,7 @@ def summarize(
 def behaviour(rec: dict, *, metric: str = "em") -> str:
     """The answer-behaviour bucket of one record (paper Fig. 4b)."""
     right = bool(rec.get("judge") if metric == "judge" and rec.get("judge") is not None else rec.get(metric))
-    searched = rec.get("searches", 0) > 0
+    searched = rec["searched"]
     return f"{'correct' if right else 'wrong'} {'with' if searched else 'without'} search"
 
 

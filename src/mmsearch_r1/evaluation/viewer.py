@@ -77,7 +77,7 @@ def _eval_rollout(r: dict) -> dict:
         if t.get("tool_calls") and i < len(turns) - 1 and obs:
             steps.append(_tool_step(obs.pop(0), thumbs))
     steps += [_tool_step(o, thumbs) for o in obs]  # results after the last turn (cut for length)
-    em = r.get("em", r.get("correct_em"))
+    em = r.get("em")
     judge = r.get("judge")
     verdicts = [("EM", em), ("SubEM", r.get("subem"))]
     if judge is not None:
@@ -128,10 +128,10 @@ def _train_rollout(s: dict) -> dict:
         )
         steps.append({"role": m.get("role") or "?", "text": text, "calls": calls})
     prediction = s["prediction"] if "prediction" in s else _final_answer(messages)
-    correct = s.get("correct_em")
+    correct = s.get("em")
     if correct is None:
         correct = exact_match(prediction, golds_of(s.get("answer"), s.get("aliases")))
-    searched = s.get("searched", any(m.get("role") == "tool" for m in messages))
+    searched = bool(s.get("searched"))
     return {
         "source": "training", "method": "on_demand", "kind": s.get("kind") or "", "benchmark": "",
         "step": s.get("step"), "correct": bool(correct), "searched": bool(searched),

@@ -6,10 +6,10 @@ What it does: reads ``runs/miniature_<name>/`` (``config.json``, ``metrics.jsonl
   search-free and search-required training prompts, for every run: penalty 0.1 vs 0 and balanced vs
   unbalanced data (the layout of the paper's Figure 5b);
 - `plot_frontier`: accuracy against search ratio after RL, one point per penalty (on-demand, greedy),
-  with the warm start's RAG workflow (always search) and direct answers as reference points, on the
+  with the warm start forced to search (always) and forced to answer (never) as reference points, on the
   questions RL trained on and on the held-out test questions;
 - `table`: one row per run: final training search ratio, and after RL on the training and test
-  questions: accuracy and search ratio (all, search-free, search-required) against RAG.
+  questions: accuracy and search ratio (all, search-free, search-required) against the forced search.
 `demo_stage` writes ``figures/miniature_curves.png``, ``figures/miniature_frontier.png`` and
 ``figures/miniature_table.md``.
 
@@ -88,7 +88,7 @@ def _point(ev: dict, method: str, split: str) -> dict | None:
 
 def frontier(runs: dict[str, dict]) -> pd.DataFrame:
     """Accuracy and search ratio after RL (on-demand, greedy) per balanced run, on train and test, with
-    the warm start's RAG and direct points (from any run's ``before``)."""
+    the warm start's forced-search and forced-answer points (from any run's ``before``)."""
     rows = []
     for run in runs.values():
         ev = run["eval"]
@@ -98,7 +98,7 @@ def frontier(runs: dict[str, dict]) -> pd.DataFrame:
                     {"policy": f"RL p={ev['penalty']:g}", "penalty": ev["penalty"], "split": split, **p}
                 )
     before = next((r["eval"].get("before") for r in runs.values() if r["eval"].get("before")), None)
-    for method, label in (("rag", "RAG (warm start)"), ("direct", "direct (warm start)"),
+    for method, label in (("forced_search", "forced search (warm start)"), ("forced_answer", "forced answer (warm start)"),
                           ("on_demand", "on-demand (warm start)")):  # fmt: skip
         for split in ("train", "test"):
             if before and (p := _point(before, method, split)):
@@ -130,11 +130,11 @@ def table(runs: dict[str, dict]) -> pd.DataFrame:
                "train SR (last 10 steps)": ev.get("train_search_ratio_last10")}  # fmt: skip
         for split in ("train", "test"):
             od = ev.get("after", {}).get("on_demand", {}).get(split, {})
-            rag = ev.get("after", {}).get("rag", {}).get(split, {}).get("all", {})
+            rag = ev.get("after", {}).get("forced_search", {}).get(split, {}).get("all", {})
             if not od:
                 continue
             row[f"{split} acc"] = od["all"]["accuracy"]
-            row[f"{split} RAG acc"] = rag.get("accuracy")
+            row[f"{split} forced-search acc"] = rag.get("accuracy")
             row[f"{split} SR"] = od["all"]["search_ratio"]
             row[f"{split} SR free"] = od.get("search_free", {}).get("search_ratio")
             row[f"{split} SR required"] = od.get("search_required", {}).get("search_ratio")

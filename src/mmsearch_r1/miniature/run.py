@@ -16,8 +16,8 @@ published CPU recipe for on-demand search, inside this project's own stack:
    of every step, so `category_curve` gives the search ratio by category per step) and ``eval.json``.
 4. `evaluate_policy`: the evaluation rollout of `mmsearch_r1.agent.rollout` (same template, parser, SearchEnv)
    on the train and held-out test questions, before and after RL: ``on_demand`` (greedy; and sampled at
-   T=1), ``rag`` (the first turn is forced to start with the search opening, the policy writes the query:
-   always search) and ``direct`` (forced to start with the answer opening: never search). Search ratio
+   T=1), ``forced_search`` (the first turn is forced to start with the search opening, the policy writes the
+   query: always search; the miniature's RAG baseline) and ``forced_answer`` (forced to start with the answer opening: never search). Search ratio
    (share of questions with >= 1 executed search) and exact-match accuracy, by category.
 5. `finding5_checks` writes ``runs/miniature/summary.json`` (each target, its value, pass/fail; stage
    times) and prints a table.
@@ -154,15 +154,17 @@ class ForcedStart:
         return [self.prefix + o if f else o for o, f in zip(out, first, strict=True)]
 
 
-MODES = {"on_demand": None, "rag": f"<reason>{REASON_SEARCH}</reason><text_search>",
-         "direct": f"<reason>{REASON_KNOWN}</reason><answer>"}  # fmt: skip
-"""Evaluation modes: the forced start of the first turn (None: the policy decides)."""
+MODES = {"on_demand": None, "forced_search": f"<reason>{REASON_SEARCH}</reason><text_search>",
+         "forced_answer": f"<reason>{REASON_KNOWN}</reason><answer>"}  # fmt: skip
+"""Evaluation modes: the forced start of the first turn (None: the policy decides). They are not the
+rollout's ``rag`` and ``direct`` methods (a scripted image search; refused searches): the miniature's model
+writes its own query after a forced search opening, and cannot search after a forced answer opening."""
 
 
 def _stats(records: Sequence[dict]) -> dict:
     n = len(records)
-    return {"n": n, "accuracy": sum(r["correct_em"] for r in records) / n if n else None,
-            "search_ratio": sum(r["searches"] > 0 for r in records) / n if n else None}  # fmt: skip
+    return {"n": n, "accuracy": sum(r["em"] for r in records) / n if n else None,
+            "search_ratio": sum(r["searched"] for r in records) / n if n else None}  # fmt: skip
 
 
 def summarize_records(records: Sequence[dict]) -> dict:
@@ -220,7 +222,7 @@ def category_curve(run_dir: str | Path, categories: dict[str, str]) -> list[dict
     from mmsearch_r1.data.schema import read_jsonl
 
     for r in read_jsonl(Path(run_dir) / "samples.jsonl", append_only=True):
-        searched = int(any(m.get("role") == "tool" for m in r["messages"]))
+        searched = int(r["searched"])  # scored when logged (`rl.run_logging.rollout_text`)
         cat = categories.get(r["question"], "unknown")
         steps.setdefault(r["step"], {}).setdefault(cat, []).append(searched)
     return [
@@ -297,8 +299,10 @@ def finding5_checks(records: dict) -> list[dict]:
             _od(a, "train", "search_free")["search_ratio"],
             _od(a, "train", "search_required")["search_ratio"],
         )
-        acc, rag = _od(a, "train")["accuracy"], a["rag"]["train"]["all"]["accuracy"]
-        fewer = 1 - _od(a, "train")["search_ratio"] / max(a["rag"]["train"]["all"]["search_ratio"], 1e-9)
+        acc, rag = _od(a, "train")["accuracy"], a["forced_search"]["train"]["all"]["accuracy"]
+        fewer = 1 - _od(a, "train")["search_ratio"] / max(
+            a["forced_search"]["train"]["all"]["search_ratio"], 1e-9
+        )
         add("p=0.1 balanced: search ratio on search-free <= 0.15", free, free <= 0.15)
         add("p=0.1 balanced: search ratio on search-required >= 0.9", req, req >= 0.9)
         add("p=0.1 balanced: accuracy >= RAG accuracy - 0.02", acc - rag, acc >= rag - 0.02)
@@ -313,10 +317,10 @@ def print_table(records: dict, before: dict) -> None:
     def line(name, p, split, ev, secs=None):
         rl = "train" if split == "rl_balanced" else "rl_unbalanced"
         od = ev["on_demand"]
-        return [name, p, f"{od[rl]['all']['accuracy']:.2f}", f"{ev['rag'][rl]['all']['accuracy']:.2f}",
+        return [name, p, f"{od[rl]['all']['accuracy']:.2f}", f"{ev['forced_search'][rl]['all']['accuracy']:.2f}",
                 f"{od[rl]['search_free']['search_ratio']:.2f}", f"{od[rl]['search_required']['search_ratio']:.2f}",
                 f"{od['test']['all']['accuracy']:.2f}", f"{od['test']['all']['search_ratio']:.2f}",
-                f"{ev['rag']['test']['all']['accuracy']:.2f}", secs]  # fmt: skip
+                f"{ev['forced_search']['test']['all']['accuracy']:.2f}", secs]  # fmt: skip
 
     rows = [line("warm start", "-", "rl_balanced", before)]
     rows += [

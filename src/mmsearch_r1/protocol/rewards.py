@@ -17,6 +17,11 @@ With the defaults (``p = f = 0.1``) the reward takes exactly the paper's six val
 1.0 (correct, no search, good format), 0.91 (correct with search), 0.9 (correct, no search, bad
 format), 0.81 (correct with search, bad format), 0.1 (wrong, good format), 0.0 (wrong, bad format).
 
+`score_record` is the project's one scorer of a finished episode (evaluation, the warm start's validation,
+curation and the miniature all read its fields): ``em`` / ``subem`` of the final answer, the strict-format
+check, and ``searched`` (at least one search was executed by the environment; a refused search or one
+cut by the turn limit does not count).
+
 What it does not: no LLM judge call (pass a judge as ``match=`` callable; see the evaluation
 module), no TRL plumbing (``mmsearch_r1.rl.rewards`` adapts these functions to TRL's contract).
 """
@@ -209,3 +214,20 @@ def mmsearch_reward(
         budgets=budgets,
         searches=searches,
     ).reward
+
+
+def score_record(rec: dict) -> dict:
+    """Score one finished episode (in place; returns it): ``em``, ``subem`` (the final ``prediction``
+    against ``answer`` + ``aliases``), ``format_ok`` / ``format_why`` (strict grammar over every assistant
+    turn's text in ``turns``), ``model_turns`` (turns the policy wrote, not scripted ones) and ``searched``
+    (``searches``, the environment's count of executed searches, is above 0)."""
+    golds = golds_of(rec.get("answer"), rec.get("aliases"))
+    pred = rec.get("prediction")
+    rec["em"] = bool(exact_match(pred, golds))
+    rec["subem"] = bool(sub_exact_match(pred, golds))
+    turns = [t for t in rec.get("turns") or [] if isinstance(t, dict)]
+    ok, why = validate_trajectory([t.get("text", "") for t in turns] or [""], grammar="strict")
+    rec["format_ok"], rec["format_why"] = ok, why
+    rec["model_turns"] = sum(not t.get("scripted") for t in turns)
+    rec["searched"] = rec.get("searches", 0) > 0
+    return rec

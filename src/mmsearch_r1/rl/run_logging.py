@@ -37,7 +37,7 @@ from trl import GRPOTrainer
 
 from mmsearch_r1.data.schema import read_jsonl
 from mmsearch_r1.helpers import jpeg_b64
-from mmsearch_r1.protocol.rewards import exact_match, golds_of
+from mmsearch_r1.protocol.rewards import score_record
 from mmsearch_r1.protocol.tags import parse_turn
 from mmsearch_r1.rl.rewards import message_to_tag_text
 
@@ -191,8 +191,8 @@ def rollout_text(rollout: dict, *, images: bool = True) -> dict:
     """A rollout as JSON-able text: question, answer, reward, and each message (images as ``<image>``).
 
     For the viewer it adds the row's ``data_id``, ``kind``, ``category`` and ``aliases``, the final
-    answer (``prediction``, as `agent.rollout.Trajectory.record` reads it) with its exact match (``correct_em``),
-    ``searched`` (a tool ran), the tool messages' ``name``, and with ``images`` (and ``SAMPLE_IMAGE_SIDE``
+    answer (``prediction``, as `agent.rollout.Trajectory.record` reads it) scored by `protocol.rewards.score_record`
+    (``em``; ``searched``: a tool ran), the tool messages' ``name``, and with ``images`` (and ``SAMPLE_IMAGE_SIDE``
     > 0) ``images``: the question image and thumbnails as small JPEGs (`rollout_images_field`).
     """
     messages = []
@@ -223,9 +223,12 @@ def rollout_text(rollout: dict, *, images: bool = True) -> dict:
         "category": rollout.get("category"),
         "aliases": list(aliases) if isinstance(aliases, (list, tuple)) else [],
         "prediction": prediction,
-        "correct_em": bool(exact_match(prediction, golds_of(rollout.get("answer"), aliases))),
-        "searched": any(m.get("role") == "tool" for m in completion),
     }
+    tools_ran = sum(m.get("role") == "tool" for m in completion)
+    scored = score_record(
+        {"prediction": prediction, "answer": out["answer"], "aliases": out["aliases"], "searches": tools_ran}
+    )
+    out.update(em=scored["em"], searched=scored["searched"])
     if images and SAMPLE_IMAGE_SIDE:
         out["images"] = rollout_images_field(rollout)
     return out

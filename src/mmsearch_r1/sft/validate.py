@@ -30,8 +30,7 @@ from mmsearch_r1.data.questions import QuestionConfig, build_pool
 from mmsearch_r1.data.world.build import build_world
 from mmsearch_r1.policy.demo import cache_root
 from mmsearch_r1.policy.load import load_policy
-from mmsearch_r1.protocol.rewards import exact_match
-from mmsearch_r1.protocol.tags import END_OF_TURN_TOKENS, count_searches, parse_turn, validate_trajectory
+from mmsearch_r1.protocol.tags import END_OF_TURN_TOKENS
 from mmsearch_r1.sft.config import WarmStartConfig, sample_rows
 from mmsearch_r1.sft.trajectories import needs_search, probe_knowledge
 from mmsearch_r1.tools.engines import make_engines, world_indexes
@@ -65,20 +64,18 @@ def _clean(text: str) -> str:
 
 
 def score(episodes: list[dict], needs_search=None) -> dict:
-    """Accuracy, strict-format validity, search ratio (share of episodes with an executed search), overall,
-    by question kind, and by ``needs_search(row)`` ("search_needed" / "known") when given."""
+    """Accuracy (exact match), strict-format validity and search ratio (share of episodes with an executed
+    search) of `rollout`'s episodes, as `protocol.rewards.score_record` scored them: overall, by question
+    kind, and by ``needs_search(row)`` ("search_needed" / "known") when given. Sets ``acc``, ``format``,
+    ``searched`` and ``engine_ok`` on each episode."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for ep in episodes:
-        row, turns = ep["row"], ep["turns"]
-        final = parse_turn(turns[-1]) if turns else None
-        golds = [row["answer"], *(row.get("aliases") or [])]
-        rec = {
-            "acc": float(
-                final is not None and exact_match(final.answer, golds)
-            ),  # as the reward: format apart
+        row = ep["row"]
+        rec = {  # the rollout's record is scored by `protocol.rewards.score_record`, as everywhere
+            "acc": float(ep["em"]),
             "engine_ok": float(ep.get("engine_ok", True)),
-            "format": float(validate_trajectory(turns, "strict")[0]),
-            "searched": float(sum(count_searches(turns).values()) > 0),
+            "format": float(ep["format_ok"]),
+            "searched": float(ep["searched"]),
         }
         ep.update(rec)
         groups["all"].append(rec)
