@@ -186,3 +186,67 @@ def test_recall_by_view_scores_visual_rows_per_view(pool):
     assert out["all"] == {"recall@1": n_flag / len(visual), "n": len(visual)}  # text rows are not queries
     assert out["flag"] == {"recall@1": 1.0, "n": n_flag}
     assert out["outline"] == {"recall@1": 0.0, "n": len(visual) - n_flag}
+
+
+# --------------------------------------------------------------------------- wordings
+
+
+def test_every_template_has_many_varied_wordings_led_by_its_own_text():
+    from mmsearch_r1.data.wordings import WORDINGS
+
+    assert set(WORDINGS) == set(TEMPLATES)
+    for template, texts in WORDINGS.items():
+        assert texts[0] == TEMPLATES[template][2] and len(texts) >= 10 and len(set(texts)) == len(texts)
+        if "{name}" in texts[0]:
+            assert all("{name}" in t for t in texts), template
+        # not one frame with synonyms swapped: many different openings, and no two wordings nearly the same
+        assert len({t.split()[0].strip("{}").lower() for t in texts}) >= 6, template
+        words = [set(t.lower().replace("?", "").replace(".", "").split()) for t in texts]
+        for i in range(len(words)):
+            for j in range(i + 1, len(words)):
+                overlap = len(words[i] & words[j]) / len(words[i] | words[j])
+                assert overlap < 0.75, (template, texts[i], texts[j])
+
+
+def test_wording_split_is_seeded_disjoint_and_keeps_the_template_text_in_training():
+    from mmsearch_r1.data.wordings import WORDINGS, split_wordings
+
+    split = split_wordings(0)
+    for template, parts in split.items():
+        train, held = set(parts["train"]), set(parts["heldout"])
+        assert 0 in train and not train & held and train | held == set(range(len(WORDINGS[template])))
+        assert len(held) == 4  # a third of 12
+    assert split_wordings(0) == split and split_wordings(1) != split
+
+
+def test_heldout_wordings_ask_the_same_rows_in_other_words(world, pool, known):
+    from datasets import Image as Image_
+
+    from mmsearch_r1.data.wordings import split_wordings, wording_of
+
+    cfg = dict(seed=0, max_entities=12, known=known)
+    held = build_pool(world, QuestionConfig(wordings="heldout", **cfg))
+    base = build_pool(world, QuestionConfig(**cfg))
+    held_ids = split_wordings(0)
+    for split in ("train", "test"):
+        a, b = (
+            base[split].cast_column("image", Image_(decode=False)),
+            held[split].cast_column("image", Image_(decode=False)),
+        )
+        assert len(a) == len(b) and set(b["wording"]) <= set(range(1, 12))
+        for ra, rb in zip(a, b, strict=True):
+            assert rb["data_id"] == f"{ra['data_id']}_w{rb['wording']}"
+            assert (ra["answer"], ra["entity_id"], ra["image"]["bytes"]) == (
+                rb["answer"],
+                rb["entity_id"],
+                rb["image"]["bytes"],
+            )
+            assert rb["wording"] in held_ids[rb["template"]]["heldout"] and rb["question"] != ra["question"]
+    trained = build_pool(world, QuestionConfig(wordings="train", wordings_per_row=3, **cfg))["train"]
+    assert len(trained) == 3 * len(base["train"])
+    assert all(r["wording"] in held_ids[r["template"]]["train"] for r in trained)
+    assert trained[0]["question"] == wording_of(
+        trained[0]["template"], trained[0]["wording"], world.entity(trained[0]["entity_id"]).name
+    )
+    with pytest.raises(ValueError, match="wordings must be"):
+        build_pool(world, QuestionConfig(wordings="paraphrased", **cfg))

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
 from mmsearch_r1.data.schema import rows_to_dataset
+from mmsearch_r1.data.wordings import split_wordings, wording_of
 from mmsearch_r1.data.world.build import Entity, World
 from mmsearch_r1.helpers import seeded_rng, to_rgb
 
@@ -52,6 +53,7 @@ EXTRA_FEATURES = {
     "template": datasets.Value("string"),
     "split": datasets.Value("string"),
     "known": datasets.Value("bool"),
+    "wording": datasets.Value("int32"),
 }
 """Columns questions add to the row schema."""
 
@@ -104,6 +106,14 @@ class QuestionConfig:
     """Query-image perturbation."""
     source: str = "world"
     """Value of the ``source`` column."""
+    wordings: str = "template"
+    """How questions are worded (`mmsearch_r1.data.wordings`): ``template`` (each template's own text),
+    ``train`` (drawn from the training wordings) or ``heldout`` (drawn from the held-out wordings). The
+    query image of a row is the same whatever the wording."""
+    wordings_per_row: int = 1
+    """With ``wordings="train"``: distinct wordings per (entity, template), each its own row (more data)."""
+    wording_seed: int = 0
+    """Seed of the train/held-out split of the wordings (`split_wordings`), kept apart from ``seed``."""
 
 
 # --------------------------------------------------------------------------- colours
@@ -245,11 +255,16 @@ def build_pool(world: World, config: QuestionConfig | None = None) -> datasets.D
         pick = np.random.default_rng(cfg.seed).choice(len(ents), cfg.max_entities, replace=False)
         ents = [ents[i] for i in sorted(pick)]
     split_of = split_entities([e.id for e in ents], cfg.split_fractions, cfg.seed)
+    if cfg.wordings not in ("template", "train", "heldout"):
+        raise ValueError(
+            f"QuestionConfig.wordings must be 'template', 'train' or 'heldout', got {cfg.wordings!r}"
+        )
+    wording_split = split_wordings(cfg.wording_seed)
     rows: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for e in ents:
         clean_cache: dict[str, Image.Image] = {}
         for t in cfg.templates:
-            kind, view, text = TEMPLATES[t]
+            kind, view, _ = TEMPLATES[t]
             if view not in e.images:
                 continue
             if view not in clean_cache:
@@ -261,23 +276,35 @@ def build_pool(world: World, config: QuestionConfig | None = None) -> datasets.D
             if ans is None:
                 continue
             known = e.id in cfg.known
-            rows[split].append(
-                {
-                    "data_id": data_id,
-                    "image": {"bytes": jpeg, "path": None},
-                    "question": text.format(name=e.name),
-                    "answer": ans[0],
-                    "aliases": [a for a in dict.fromkeys(ans[1]) if a != ans[0]],
-                    "category": "search_free" if kind == "search_free" or known else "search_required",
-                    "kind": kind,
-                    "source": cfg.source,
-                    "entity_id": e.id,
-                    "template": t,
-                    "split": split,
-                    "known": known,
-                }
-            )
+            for w in _wordings(cfg, wording_split, t, data_id):
+                rows[split].append(
+                    {
+                        "data_id": data_id if cfg.wordings == "template" else f"{data_id}_w{w}",
+                        "image": {"bytes": jpeg, "path": None},
+                        "question": wording_of(t, w, e.name),
+                        "answer": ans[0],
+                        "aliases": [a for a in dict.fromkeys(ans[1]) if a != ans[0]],
+                        "category": "search_free" if kind == "search_free" or known else "search_required",
+                        "kind": kind,
+                        "source": cfg.source,
+                        "entity_id": e.id,
+                        "template": t,
+                        "split": split,
+                        "known": known,
+                        "wording": w,
+                    }
+                )
     return datasets.DatasetDict({s: rows_to_dataset(rows[s], EXTRA_FEATURES) for s in SPLITS})
+
+
+def _wordings(cfg: QuestionConfig, split: dict, template: str, data_id: str) -> list[int]:
+    """The wording indices of one (entity, template): 0 (the template's text) or a seeded draw."""
+    if cfg.wordings == "template":
+        return [0]
+    choices = split[template][cfg.wordings]
+    k = cfg.wordings_per_row if cfg.wordings == "train" else 1
+    rng = seeded_rng(cfg.wording_seed, "wording", data_id)
+    return sorted(rng.choice(choices, size=min(k, len(choices)), replace=False).tolist())
 
 
 def pool_counts(pool: datasets.DatasetDict) -> list[dict]:
