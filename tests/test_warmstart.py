@@ -158,6 +158,64 @@ def test_rag_shaped_trajectories_use_the_rag_workflows_scripted_turns(tmp_path):
     assert [t["plan"] for t in plain] == ["text_search -> answer"]  # off by default
 
 
+def test_agnostic_plans_ignore_knowledge_and_state_the_models_own_answer(tmp_path):
+    import random
+
+    from mmsearch_r1.sft.trajectories import AGNOSTIC_RATES, agnostic_plan, agnostic_weights
+
+    # the draw depends on the kind and the random stream only: known and unknown facts are searched alike
+    rng_a, rng_b = random.Random(5), random.Random(5)
+    for _ in range(200):
+        row = _row("text_only", "capital_of", "country/AA")
+        assert agnostic_plan(row, AGNOSTIC_RATES, rng_a, "Alton") == agnostic_plan(
+            row, AGNOSTIC_RATES, rng_b, "Wrongville"
+        )
+    rng = random.Random(0)
+    plans = [
+        agnostic_plan(_row("text_only", "capital_of"), {"text_only": 0.75}, rng, "Alton") for _ in range(2000)
+    ]
+    assert abs(plans.count(("text_search", "answer")) / 2000 - 0.75) < 0.03
+    assert agnostic_plan(_row("text_only", "capital_of"), {"text_only": 0.0}, rng, "") == (
+        "text_search",
+        "answer",
+    )
+    assert agnostic_plan(_row(), {}, rng, None) == ("image_search", "answer")  # naming needs an image search
+    assert agnostic_plan(_row("textual_knowledge", "flag_capital"), {"textual_knowledge": 0.0}, rng, "Alton") == (
+        "image_search", "answer")  # fmt: skip
+
+    # a direct answer states what the base model said, right or wrong; a search copies the result
+    world, engines = _world(tmp_path), Engines(image=_Img(), text=_Txt())
+    rows = [_row("text_only", "capital_of", "country/BB", "Blandton"),
+            _row("textual_knowledge", "flag_capital", "country/BB", "Blandton"),
+            _row("search_free", "flag_colour", "country/BB", "green")]  # fmt: skip
+    wrong = {"country/BB|capital": {"known": False, "greedy": "Wrongville"}}
+    never = {"text_only": 0.0, "textual_knowledge": 0.0, "search_free": 1.0}
+    out, _ = build_trajectories(rows, world, engines, set(), wrong, EnvConfig(image_k=2, text_k=1),
+                                decision="agnostic", rates=never, rag=True)  # fmt: skip
+    # a RAG-shaped copy for the row whose plan searched, none for the colour question (no fact to look up)
+    assert [t["plan"] for t in out] == [
+        "answer",
+        "image_search -> answer",
+        RAG_PLAN,
+        "image_search -> answer",
+    ]
+    finals = [json.loads(t["messages"])[-1]["content"][0]["text"] for t in out]
+    assert finals.pop(2).endswith("<answer> Blandton</answer>")
+    assert finals[0].endswith("<answer> Wrongville</answer>") and finals[1].endswith(
+        "<answer> Wrongville</answer>"
+    )
+    assert "The capital of Bland is Wrongville." in finals[0] and "Blandton" not in finals[0] + finals[1]
+    assert finals[2].endswith("<answer> green</answer>") and "The flag is mostly green." in finals[2]
+    always = {"text_only": 1.0, "textual_knowledge": 1.0}
+    out, _ = build_trajectories(rows[:1], world, engines, set(), wrong, EnvConfig(image_k=2, text_k=1),
+                                decision="agnostic", rates=always)  # fmt: skip
+    assert json.loads(out[0]["messages"])[-1]["content"][0]["text"].endswith("<answer> Blandton</answer>")
+    with pytest.raises(ValueError, match="decision must be"):
+        build_trajectories(rows, world, engines, set(), wrong, decision="oracle")
+    w = agnostic_weights([{"plan": "answer"}] * 3 + [{"plan": "text_search -> answer"}], 0.2)
+    assert w == pytest.approx({"answer": 0.6, "text_search -> answer": 0.2, RAG_PLAN: 0.2})
+
+
 def test_short_warm_start_on_tiny_lowers_the_loss(tmp_path):
     policy = load_policy("tiny", seed=1)
     n = freeze_for_sft(policy.model, train_top_layers=1, train_vision=False)

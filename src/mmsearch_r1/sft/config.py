@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from mmsearch_r1.agent.env import EnvConfig
 from mmsearch_r1.policy.vision_align import VisionAlignConfig
 from mmsearch_r1.rl.presets import DEMO_IMAGE_K, DEMO_TEXT_K
-from mmsearch_r1.sft.trajectories import RAG_PLAN, ProbeConfig
+from mmsearch_r1.sft.trajectories import AGNOSTIC_RATES, RAG_PLAN, ProbeConfig
 
 
 @dataclass
@@ -55,6 +55,15 @@ class WarmStartConfig:
     ``RAG_PLAN`` is the RAG workflow's shape (scripted searches, then the answer from the results), so that
     the RAG baseline meets turns the policy has seen. The knowledge boundary is learned from the direct
     answers and the text searches of text-only questions, so they get the most rows."""
+    decision: str = "knowledge"
+    """How each trajectory decides whether to search: ``knowledge`` (as an ideal policy with the probed
+    knowledge would: the warm start imitates the knowledge boundary) or ``agnostic`` (at random with
+    ``agnostic_rates`` per question kind, blind to knowledge; a direct answer states the base model's own
+    probe answer, right or wrong, so SFT teaches no fact and no boundary: RL has to learn when to search).
+    With ``agnostic`` the drawn plans keep their shares and only the RAG-shaped share of ``plan_weights``
+    applies (`sft.trajectories.agnostic_weights`)."""
+    agnostic_rates: dict = field(default_factory=lambda: dict(AGNOSTIC_RATES))
+    """Search rate per question kind of the ``agnostic`` decision (`sft.trajectories.agnostic_plan`)."""
     answer_space: bool = True
     """Write the answers ``<answer> Lisbon</answer>``: the name's tokens are then those it has inside the
     results' sentences, so the answer is a copy of tokens (`sft.trajectories.trajectory`)."""

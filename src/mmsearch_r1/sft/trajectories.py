@@ -5,9 +5,14 @@ What it does:
   questions need (capital, continent) for every entity, greedily and with ``k`` samples, as the paper's
   curation does (k rollouts without search), and labels a fact *known* when the share of correct answers
   reaches a threshold. For the demo policy this is SmolLM2-135M's real knowledge (cached on disk).
-- `build_trajectories`: for each question row, the trajectory an ideal policy with that knowledge takes:
-  a direct answer when it recognises the entity and knows the fact; an image search when it does not
-  recognise the image; a text search when it lacks the fact; image then text search when it lacks both.
+- `build_trajectories`: for each question row, the trajectory an ideal policy with that knowledge takes
+  (``decision="knowledge"``, `plan_for`): a direct answer when it recognises the entity and knows the
+  fact; an image search when it does not recognise the image; a text search when it lacks the fact;
+  image then text search when it lacks both. With ``decision="agnostic"`` (`agnostic_plan`) the choice
+  to search is drawn at random with a fixed rate per question kind, blind to what the model knows, and
+  a direct answer states the base model's own probe answer, right or wrong: the warm start then teaches
+  the protocol, the tools and copying from results, but neither when to search nor any fact, which is
+  left for RL to learn.
   Tool results are real: each search runs through `mmsearch_r1.agent.env.SearchEnv` and the local engines,
   so the observations are byte for byte those of RL and evaluation. Rows whose search does not return
   the answer (image search top hit wrong, answer not in the text results) are dropped and counted: the
@@ -181,6 +186,27 @@ def plan_for(row: dict, visual_known: set[str], knowledge: dict[str, dict]) -> t
     return ("image_search", "answer") if knows else ("image_search", "text_search", "answer")
 
 
+AGNOSTIC_RATES = {"search_free": 0.75, "visual_knowledge": 1.0, "textual_knowledge": 0.75, "text_only": 0.75}
+"""Default search rates per question kind of `agnostic_plan`: a colour question is searched (an image search
+that does not help), a fact looked up, three times in four; naming an entity in an image always takes an
+image search (no entity is recognised without one, and no own answer exists to state instead)."""
+
+
+def agnostic_plan(row: dict, rates: dict[str, float], rng, believed: str | None) -> tuple[str, ...]:
+    """A plan drawn blind to the model's knowledge: search with probability ``rates[row["kind"]]`` (for an
+    image-fact question: the image search always, the text search with that probability). A question
+    whose fact the model gave no answer to (``believed`` empty) is searched."""
+    kind, search = row["kind"], rng.random() < rates.get(row["kind"], 1.0)
+    if kind == "search_free":
+        return ("image_search", "answer") if search else ("answer",)
+    if kind == "visual_knowledge":
+        return ("image_search", "answer")
+    look_up = search or not believed
+    if kind == "text_only":
+        return ("text_search", "answer") if look_up else ("answer",)
+    return ("image_search", "text_search", "answer") if look_up else ("image_search", "answer")
+
+
 def needs_search(row: dict, visual_known: set[str], knowledge: dict[str, dict]) -> bool:
     """Whether the ideal plan for ``row`` (`plan_for`) searches at all."""
     return plan_for(row, visual_known, knowledge) != ("answer",)
@@ -195,7 +221,7 @@ def _query(fact: str, name: str) -> str:
 
 
 def trajectory(row: dict, plan: tuple[str, ...], world: World, env: SearchEnv, colour: str | None = None,
-               rag: bool = False, answer_space: bool = True):  # fmt: skip
+               rag: bool = False, answer_space: bool = True, believed: str | None = None):  # fmt: skip
     """Run ``plan`` on ``row`` through ``env`` and write the turns. Returns (messages, images) or a drop reason.
 
     ``rag``: the RAG workflow's shape instead of ``plan`` (`agent.rollout`'s scripted image search, then its
@@ -205,7 +231,10 @@ def trajectory(row: dict, plan: tuple[str, ...], world: World, env: SearchEnv, c
     ``answer_space``: the answer is written ``<answer> Lisbon</answer>``, with a space, so that its tokens
     are those of the name inside a sentence (" Lisbon" is one token; "Lisbon" after ">" is "L", "is",
     "bon" in SmolLM2's vocabulary). Copying the name from the results or the reasoning is then copying
-    tokens, not spelling them out; the answer parses to the same stripped text."""
+    tokens, not spelling them out; the answer parses to the same stripped text.
+
+    ``believed``: the fact as the base language model states it (its probe answer); a plan without a text
+    search then states it, right or wrong, instead of the world's fact."""
     eid, template = row["entity_id"], row["template"]
     ent = world.entity(eid)
     name, fact = ent.name, FACT_OF_TEMPLATE.get(template)
@@ -221,21 +250,30 @@ def trajectory(row: dict, plan: tuple[str, ...], world: World, env: SearchEnv, c
             {"role": "assistant", "content": [{"type": "text", "text": render_turn(kind, reason, **kw)}]}
         )
 
+    value = ent.facts.get(fact) if fact else None
+    if believed is not None and fact and "text_search" not in plan and not rag:
+        value = believed  # the model's own answer: the warm start teaches no fact
+
     def final_answer(reason_parts: list[str]):
         if row["kind"] == "search_free":
-            reason, answer = f"The {noun} is mostly {row['answer']}.", row["answer"]
+            reason, answer = (
+                " ".join([*reason_parts, f"The {noun} is mostly {row['answer']}."]),
+                row["answer"],
+            )
         else:
             reason, answer = (
                 " ".join(reason_parts),
-                name if row["kind"] == "visual_knowledge" else ent.facts[fact],
+                name if row["kind"] == "visual_knowledge" else value,
             )
         say("answer", reason, answer=(" " if answer_space else "") + answer)
 
-    if row["kind"] == "search_free":
+    if row["kind"] == "search_free" and plan[0] != "image_search":
         final_answer([])
         return messages, images
     if rag:
         plan = ("image_search", "text_search", "answer")
+    if row["kind"] == "search_free":
+        rag = False  # a colour question has no fact to look up: at most an image search
     if row["kind"] != "text_only" or rag:
         if plan[0] == "image_search":
             say("image_search", RAG_REASONS[0] if rag else image_search_reason(row))
@@ -269,7 +307,7 @@ def trajectory(row: dict, plan: tuple[str, ...], world: World, env: SearchEnv, c
         if fact:
             seen = [f"The results say: {_fact_sentence(fact, name, ent.facts[fact])}"]
     elif fact:
-        seen.append(_fact_sentence(fact, name, ent.facts[fact]))
+        seen.append(_fact_sentence(fact, name, value))
     final_answer(seen)
     return messages, images
 
@@ -305,6 +343,14 @@ def balance(trajectories: list[dict], n: int | None, weights: dict[str, float], 
     return out
 
 
+def agnostic_weights(trajectories: list[dict], rag_weight: float) -> dict[str, float]:
+    """`balance` weights that keep the drawn plans' own shares (`agnostic_plan`) and give the RAG-shaped
+    trajectories ``rag_weight``: balancing a knowledge-blind draw must not re-weight it by plan."""
+    counts = Counter(t["plan"] for t in trajectories if t["plan"] != RAG_PLAN)
+    total = sum(counts.values()) or 1
+    return {p: (1 - rag_weight) * c / total for p, c in counts.items()} | {RAG_PLAN: rag_weight}
+
+
 def _strip_images(blocks, images: list) -> list[dict]:
     """Replace image blocks by placeholders, appending their PIL images to ``images`` (in order)."""
     out = []
@@ -318,20 +364,35 @@ def _strip_images(blocks, images: list) -> list[dict]:
 
 
 def build_trajectories(rows, world: World, engines, visual_known: set[str], knowledge: dict[str, dict],
-                       env_config: EnvConfig | None = None, rag: bool = False,
-                       answer_space: bool = True) -> tuple[list[dict], Counter]:  # fmt: skip
+                       env_config: EnvConfig | None = None, rag: bool = False, answer_space: bool = True,
+                       decision: str = "knowledge", rates: dict | None = None,
+                       seed: int = 0) -> tuple[list[dict], Counter]:  # fmt: skip
     """Trajectories for ``rows`` (dicts in the row schema + entity_id/template) and a Counter of outcomes;
     ``rag`` adds a RAG-shaped trajectory (plan `RAG_PLAN`) for every row whose plan searches;
-    ``answer_space``: answers written with a leading space (`trajectory`)."""
+    ``answer_space``: answers written with a leading space (`trajectory`); ``decision``: ``knowledge``
+    (`plan_for`) or ``agnostic`` (`agnostic_plan` with ``rates``, default `AGNOSTIC_RATES`, seeded)."""
+    import random
+
+    if decision not in ("knowledge", "agnostic"):
+        raise ValueError(f"decision must be 'knowledge' or 'agnostic', got {decision!r}")
     env = SearchEnv(engines, env_config or EnvConfig())
     out, stats = [], Counter()
+    rng, rates = random.Random(seed), rates or AGNOSTIC_RATES
     for row in tqdm(rows, desc="trajectories"):
-        plan = plan_for(row, visual_known, knowledge)
+        believed = None
+        if decision == "knowledge":
+            plan = plan_for(row, visual_known, knowledge)
+        else:
+            fact = FACT_OF_TEMPLATE.get(row["template"])
+            believed = knowledge.get(f"{row['entity_id']}|{fact}", {}).get("greedy") if fact else None
+            plan = agnostic_plan(row, rates, rng, believed)
         variants = [(" -> ".join(plan), False)]
-        if rag and "search" in variants[0][0]:  # the RAG workflow's shape, for rows that need a search
+        if (
+            rag and "search" in variants[0][0] and row["kind"] != "search_free"
+        ):  # the RAG workflow's shape, for rows that need a search
             variants.append((RAG_PLAN, True))
         for name, is_rag in variants:
-            res = trajectory(row, plan, world, env, rag=is_rag, answer_space=answer_space)
+            res = trajectory(row, plan, world, env, rag=is_rag, answer_space=answer_space, believed=believed)
             if isinstance(res, str):
                 stats[f"dropped{' (rag)' if is_rag else ''}: {res}"] += 1
                 continue

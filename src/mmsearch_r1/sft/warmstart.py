@@ -47,6 +47,7 @@ from mmsearch_r1.rl.grpo_args import _flag, fast_bf16, reporters
 from mmsearch_r1.sft.config import WarmStartConfig, sample_rows
 from mmsearch_r1.sft.trajectories import (
     RAG_PLAN,
+    agnostic_weights,
     balance,
     build_trajectories,
     knowledge_summary,
@@ -264,11 +265,15 @@ def run_warmstart(cfg: WarmStartConfig | None = None, *, world=None, pool=None, 
     env = replace(cfg.env, sizes=image_sizes_of(policy.processor))
     rag = cfg.plan_weights.get(RAG_PLAN, 0) > 0
     traj, stats = build_trajectories(rows, world, engines, visual_known, knowledge, env, rag=rag,
-                                     answer_space=cfg.answer_space)  # fmt: skip
+                                     answer_space=cfg.answer_space, decision=cfg.decision,
+                                     rates=cfg.agnostic_rates, seed=cfg.seed)  # fmt: skip
     collator = ProtocolCollator(policy.processor)
     lengths = [len(collator.encode(r)["input_ids"]) for r in traj]
     traj = [{**r, "length": n} for r, n in zip(traj, lengths, strict=True) if n <= cfg.max_length]
-    traj = balance(traj, cfg.sft_trajectories, cfg.plan_weights, cfg.seed)
+    weights = cfg.plan_weights
+    if cfg.decision == "agnostic":
+        weights = agnostic_weights(traj, cfg.plan_weights.get(RAG_PLAN, 0.0))
+    traj = balance(traj, cfg.sft_trajectories, weights, cfg.seed)
     m.update({"trajectory_seconds": time.perf_counter() - t0, "trajectories": len(traj),
               "trajectory_plans": dict(stats), "sft_plans": dict(Counter(r["plan"] for r in traj)), "trajectory_tokens_mean": sum(lengths) / max(len(lengths), 1),
               "trajectory_search_share": sum("search" in r["plan"] for r in traj) / max(len(traj), 1)})  # fmt: skip
