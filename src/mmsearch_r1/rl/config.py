@@ -180,6 +180,9 @@ class TrainConfig:
     """``auto`` (on with a GPU), ``true``, ``false``."""
     suppress_vision_tokens: bool = True
     """Never sample the vision placeholder tokens (needed by tiny random models, harmless otherwise)."""
+    policy_token_head: str = "auto"
+    """Project the loss's LM head on the policy's own completion tokens only (`rl.policy_head`): ``auto``
+    (on CPU, where TRL's fused head projects every position), ``true``, ``false``."""
 
     # -- generation backend ------------------------------------------------------------------------
     use_vllm: bool = False

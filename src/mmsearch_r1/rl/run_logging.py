@@ -273,14 +273,29 @@ def rollout_images(rollout: dict) -> list:
 
 
 class TimedGRPOTrainer(GRPOTrainer):
-    """``GRPOTrainer`` that times generation and the tool loop and keeps the last batch's rollouts."""
+    """``GRPOTrainer`` that times generation and the tool loop and keeps the last batch's rollouts; with
+    ``policy_token_head`` (``auto``: on CPU) its loss projects the LM head on the policy's own completion
+    tokens only (`mmsearch_r1.rl.policy_head`)."""
 
     last_rollouts: list[dict]
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, policy_token_head: str = "auto", **kwargs):
+        from mmsearch_r1.rl.policy_head import install_policy_token_head, wanted
+
         self.last_rollouts = []
         self._gen_s = 0.0
+        self.policy_token_mask = None
         super().__init__(*args, **kwargs)
+        self.policy_token_head = wanted(
+            policy_token_head, self.accelerator.device
+        ) and install_policy_token_head(self)
+
+    def _compute_loss(self, model, inputs):
+        self.policy_token_mask = inputs.get("tool_mask")
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self.policy_token_mask = None
 
     def _generate_single_turn(self, *args, **kwargs):
         t0 = time.perf_counter()

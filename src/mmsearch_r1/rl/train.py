@@ -207,6 +207,7 @@ def build_trainer(cfg: TrainConfig, *, policy=None, rows=None, engines=None, cal
         processing_class=policy.processor,
         environment_factory=env_factory,
         callbacks=[logger, GracefulStop(), *callbacks],
+        policy_token_head=cfg.policy_token_head,
     )
     logger.trainer = trainer
     return trainer, {"policy": policy, "dataset": dataset, "engines": engines, "reward": reward}

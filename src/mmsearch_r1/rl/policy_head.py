@@ -1,0 +1,81 @@
+"""The GRPO loss's language-model head on the policy's own completion tokens only (CPU).
+
+What it does: TRL's ``GRPOTrainer`` scores completions with a fused, chunked LM head
+(``trl.trainer.utils.add_fused_lm_head``: ``model(..., labels=..., fused_lm_head=True)`` returns per-token
+log-probabilities and entropies). Off Triton devices (the CPU) that head projects *every* position of the
+batch, prompt, image tokens and tool results included, and masks afterwards; with SmolLM2's 49k-word
+vocabulary its forward and backward were about a third of a CPU demo GRPO step (docs/cpu_demo_settings.md).
+`install_policy_token_head(trainer)` wraps the patched forward so that, when TRL asks for the fused head,
+only the positions the loss reads are projected: completion tokens the policy wrote (TRL's ``tool_mask`` is
+1 there; 0 on tool results), not padding, prompt or tool results. It returns the fields TRL reads
+(``log_probs``, ``entropy``, ``label_mask``; zero where not projected), so the loss, the entropy metric and
+the gradients are those of TRL's head on those positions (tested). TRL keeps everything else.
+
+What it does not: no vocabulary chunking (the policy writes a few hundred tokens per micro-batch, so the
+logits of those positions are small on CPU); nothing on CUDA, where TRL's Triton kernel already skips
+unlabelled positions; no logit soft-capping or scaling (models that need them keep TRL's head).
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+
+import torch
+
+
+def wanted(setting: str, device: torch.device | str) -> bool:
+    """Whether the policy-token head is used: ``auto`` on CPU only, ``true``, ``false``."""
+    if setting not in ("auto", "true", "false"):
+        raise ValueError(f"policy_token_head must be 'auto', 'true' or 'false', got {setting!r}")
+    return setting == "true" or (setting == "auto" and torch.device(device).type == "cpu")
+
+
+def _unsupported(model) -> str | None:
+    text = model.config.get_text_config()
+    for name in ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
+                 "logits_scaling"):  # fmt: skip
+        if getattr(text, name, None) not in (None, 1, 1.0):
+            return name
+    return None
+
+
+def install_policy_token_head(trainer) -> bool:
+    """Wrap ``trainer.model``'s fused-head forward (see the module docstring); returns whether it did.
+
+    The trainer must set ``trainer.policy_token_mask`` (the batch's ``tool_mask``, or None) around each
+    loss computation (`mmsearch_r1.rl.run_logging.TimedGRPOTrainer` does)."""
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    model = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    if _unsupported(model):
+        return False
+    fused = model.forward  # TRL's patched forward: generation and other callers keep it
+    temperature = float(trainer.temperature)
+
+    @functools.wraps(type(model).forward)
+    def forward(self, *args, fused_lm_head=False, labels=None, **kwargs):
+        if not fused_lm_head or labels is None or kwargs.get("shift_labels") is not None:
+            return fused(*args, fused_lm_head=fused_lm_head, labels=labels, **kwargs)
+        kwargs.pop("num_items_in_batch", None)
+        kwargs["use_cache"] = False
+        labels = labels[:, 1:]
+        keep = labels != -100
+        policy = getattr(trainer, "policy_token_mask", None)
+        if policy is not None and policy.size(0) == keep.size(0) and policy.size(1) <= keep.size(1):
+            keep[:, keep.size(1) - policy.size(1) :] &= policy.to(keep.device).bool()
+        hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
+        logits = self.get_output_embeddings()(hidden[keep]).float() / temperature
+        logp = torch.log_softmax(logits, dim=-1)
+        picked = logp.gather(-1, labels[keep].unsqueeze(-1)).squeeze(-1)
+        entropy = -(logp.exp() * logp).sum(-1)
+        zeros = torch.zeros(keep.shape, dtype=picked.dtype, device=picked.device)
+        return FusedCausalLMOutput(
+            loss=-picked.sum() / keep.sum().clamp(min=1),
+            log_probs=zeros.masked_scatter(keep, picked),
+            entropy=zeros.masked_scatter(keep, entropy),
+            label_mask=keep,
+        )
+
+    model.forward = types.MethodType(forward, model)
+    return True
