@@ -1,0 +1,387 @@
+"""What reinforcement learning adds to the warm start, on entities and wordings it never trained on.
+
+What it does (``python -m mmsearch_r1.rl_vs_sft``, ``make reproduce-demo``), each stage skipped when its
+output exists, so a killed or timed-out run resumes where it stopped (GRPO from its last checkpoint):
+
+1. `data_stage`: the world's question pool with every template in many wordings (`data.wordings`). The
+   train split's entities are split again, with a seed, into warm-start entities and RL entities, so that
+   RL never sees an entity whose answers SFT trained on (it would learn per-entity shortcuts otherwise);
+   both ask in training wordings only. The test split is asked twice: in the templates' own words and in
+   held-out wordings (same entities, same query images). Saved with ``save_to_disk`` under
+   ``<root>/data`` (rows keep ``entity_id``, ``template`` and ``wording``).
+2. `warmstart_stage`: two warm starts of the CPU demo policy on the warm-start entities: ``agnostic``
+   (the choice to search drawn at random per question kind, direct answers state the base model's own
+   probe answer: `sft.trajectories.agnostic_plan`) and ``labelled`` (trajectories written from the probe's
+   knowledge boundary, the demo's default).
+3. `grpo_stage`: GRPO runs from them on the RL entities (`RUNS`: penalty and seed per label), with the
+   settings of `StudyConfig`.
+4. `eval_stage`: every policy, greedy, on every test question: on demand, the RAG workflow and direct
+   answers, in both wordings (`evaluation.evaluate`, one run folder per policy and wording).
+5. `report`: ``figures/rl_vs_sft.json`` and ``figures/rl_vs_sft.png``: per policy accuracy on demand with a
+   95% bootstrap interval, RAG and direct accuracy, calls and share searched, and the search rate on text
+   facts the base model knows against those it does not (the probe's knowledge boundary).
+
+What it does not: no new training or evaluation code (it calls `sft.warmstart`, `rl.train` and
+`evaluation.evaluate`); it never selects anything on the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+RUNS: dict[str, dict] = {
+    "agnostic_ws": {"warmstart": "agnostic"},
+    "agnostic_grpo": {"warmstart": "agnostic", "penalty": None, "seed": 0},
+    "agnostic_grpo_seed1": {"warmstart": "agnostic", "penalty": None, "seed": 1},
+    "agnostic_grpo_p0": {"warmstart": "agnostic", "penalty": 0.0, "seed": 0},
+    "labelled_ws": {"warmstart": "labelled"},
+    "labelled_grpo": {"warmstart": "labelled", "penalty": None, "seed": 0},
+}
+"""The compared policies: a warm start alone, or GRPO from it (``penalty`` None: `StudyConfig.penalty`)."""
+WORDINGS = ("heldout", "template")
+"""The two wordings of the test questions: held-out wordings (the headline) and the templates' own."""
+METHODS = ("on_demand", "rag", "direct")
+
+
+@dataclass
+class StudyConfig:
+    """Settings of the comparison (defaults: the CPU demo policy on 2 cores)."""
+
+    root: str = "runs/rl_vs_sft"
+    """Where every stage writes (data, warm starts, GRPO runs, evaluations)."""
+    figures_dir: str = "figures"
+    """Where ``rl_vs_sft.json`` and ``rl_vs_sft.png`` go."""
+    seed: int = 0
+    """Seed of the pool, the entity split between warm start and RL, and the bootstrap."""
+    rl_entity_share: float = 0.5
+    """Share of the train split's entities kept for RL (the rest are the warm start's)."""
+    train_wordings_per_row: int = 2
+    """Training wordings per (entity, template) in the warm-start and RL rows."""
+    penalty: float = 0.3
+    """The search penalty of the GRPO runs with one. A direct answer pays when it is right more often
+    than (1 - penalty) times a search is: 0.1 asks for 90% recall, more than a 135M model has on what it
+    knows when it samples; 0.3 asks for 70%."""
+    temperature: float = 0.7
+    """Sampling temperature of GRPO's rollouts: at 1.0 the 135M model's recall of facts it knows falls
+    to about half, so direct answers never pay; 0.7 keeps its knowledge usable while still exploring."""
+    max_steps: int = 200
+    """GRPO steps per run."""
+    prompts_per_step: int = 4
+    """Questions per GRPO step."""
+    num_generations: int = 4
+    """Rollouts per question."""
+    save_steps: int = 10
+    """Checkpoint every this many steps (a stopped run resumes from the last)."""
+    eval_items: int | None = None
+    """Test questions per wording (seeded sample); None: all of them."""
+    eval_batch_size: int = 16
+    """Sequences per generate call in the evaluation."""
+    bootstrap: int = 1000
+    """Bootstrap resamples of the test questions for the 95% intervals."""
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.root) / "data"
+
+
+def _done(path: Path) -> bool:
+    return path.exists()
+
+
+def data_stage(cfg: StudyConfig, world=None) -> Path:
+    """Write the study's question pool (see the module docstring) and return its folder (``world``:
+    the offline world by default)."""
+    import datasets
+
+    from mmsearch_r1.data.questions import QuestionConfig, build_pool
+    from mmsearch_r1.data.world.build import build_world
+
+    out = cfg.data_dir / "pool"
+    if _done(out / "dataset_dict.json"):
+        return out
+    world = world or build_world()
+    train = build_pool(world, QuestionConfig(seed=cfg.seed, wordings="train",
+                                             wordings_per_row=cfg.train_wordings_per_row))  # fmt: skip
+    entities = sorted(set(train["train"]["entity_id"]))
+    rl = set(random.Random(cfg.seed).sample(entities, round(cfg.rl_entity_share * len(entities))))
+    splits = {
+        "sft_train": train["train"].filter(lambda e: e not in rl, input_columns="entity_id"),
+        "rl_train": train["train"].filter(lambda e: e in rl, input_columns="entity_id"),
+        "validation": train["validation"],
+        "test_template": build_pool(world, QuestionConfig(seed=cfg.seed))["test"],
+        "test_heldout": build_pool(world, QuestionConfig(seed=cfg.seed, wordings="heldout"))["test"],
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    datasets.DatasetDict(splits).save_to_disk(str(out))
+    counts = {k: len(v) for k, v in splits.items()} | {
+        "rl_entities": len(rl),
+        "sft_entities": len(entities) - len(rl),
+    }
+    (cfg.data_dir / "counts.json").write_text(json.dumps(counts, indent=1))
+    return out
+
+
+def warmstart_stage(cfg: StudyConfig, decision: str) -> Path:
+    """The ``agnostic`` or ``labelled`` warm start on the warm-start entities; returns its policy folder."""
+    import datasets
+
+    from mmsearch_r1.sft.config import WarmStartConfig
+    from mmsearch_r1.sft.warmstart import run_warmstart
+
+    out = Path(cfg.root) / f"{decision}_ws"
+    if _done(out / "final" / "config.json"):
+        return out / "final"
+    pool = datasets.load_from_disk(str(data_stage(cfg)))
+    ws = WarmStartConfig(output_dir=str(out), seed=cfg.seed,
+                         decision="agnostic" if decision == "agnostic" else "knowledge")  # fmt: skip
+    run_warmstart(ws, pool=datasets.DatasetDict(train=pool["sft_train"], validation=pool["validation"]))
+    return out / "final"
+
+
+def train_config(cfg: StudyConfig, label: str):
+    """The `TrainConfig` of GRPO run ``label`` (the ``cpu_demo`` preset with the study's settings)."""
+    from mmsearch_r1.rl.config import preset
+
+    run = RUNS[label]
+    penalty = cfg.penalty if run["penalty"] is None else run["penalty"]
+    return preset("cpu_demo", name=label, output_dir=str(Path(cfg.root) / label), seed=run["seed"], penalty=penalty,
+                  model=str(Path(cfg.root) / f"{run['warmstart']}_ws" / "final"),
+                  dataset=str(cfg.data_dir / "pool"), dataset_split="rl_train", temperature=cfg.temperature,
+                  max_steps=cfg.max_steps, prompts_per_step=cfg.prompts_per_step,
+                  num_generations=cfg.num_generations, gradient_accumulation_steps=cfg.prompts_per_step,
+                  save_steps=cfg.save_steps, log_samples=cfg.prompts_per_step * cfg.num_generations,
+                  report_to="none")  # fmt: skip
+
+
+def grpo_stage(cfg: StudyConfig, label: str) -> Path:
+    """GRPO run ``label`` (resumes from its last checkpoint); returns its ``final`` folder."""
+    from mmsearch_r1.rl.train import train
+
+    final = Path(cfg.root) / label / "final"
+    if not _done(final / "config.json"):
+        warmstart_stage(cfg, RUNS[label]["warmstart"])
+        train(train_config(cfg, label))
+    return final
+
+
+def eval_stage(cfg: StudyConfig, label: str, wording: str) -> Path:
+    """Greedy on-demand, RAG and direct evaluation of ``label`` on the test questions in ``wording``."""
+    from mmsearch_r1.evaluation.evaluate import ENV_FIELDS, EvalConfig, evaluate
+    from mmsearch_r1.rl.config import preset
+
+    out = Path(cfg.root) / "eval" / f"{label}_{wording}"
+    if _done(out / "eval.json"):
+        return out
+    policy = (
+        grpo_stage(cfg, label) if "penalty" in RUNS[label] else warmstart_stage(cfg, RUNS[label]["warmstart"])
+    )
+    demo = preset("cpu_demo")
+    evaluate(EvalConfig(name=out.name, out_dir=str(out.parent), policy=str(policy), methods=list(METHODS),
+                        datasets=[f"{cfg.data_dir / 'pool'}:test_{wording}"], max_items=cfg.eval_items,
+                        seed=cfg.seed, batch_size=cfg.eval_batch_size, max_new_tokens=48,
+                        **{k: getattr(demo, k) for k in ENV_FIELDS}))  # fmt: skip
+    return out
+
+
+# -- the report -----------------------------------------------------------------------------------------
+
+
+def bootstrap_ci(values: list[float], n: int, seed: int) -> list[float]:
+    """The 95% percentile interval of the mean of ``values`` over ``n`` seeded resamples (in percent)."""
+    import numpy as np
+
+    x = np.asarray(values, dtype=float)
+    if not len(x):
+        return [float("nan"), float("nan")]
+    means = np.random.default_rng(seed).choice(x, size=(n, len(x)), replace=True).mean(axis=1)
+    return [
+        round(100 * float(np.percentile(means, 2.5)), 2),
+        round(100 * float(np.percentile(means, 97.5)), 2),
+    ]
+
+
+def summarize_run(records: list[dict], rows: dict[str, dict], knows, *, n_boot: int, seed: int) -> dict:
+    """The report's numbers of one policy in one wording from its scored evaluation records.
+
+    ``rows`` maps ``data_id`` to the test row (entity, template); ``knows(row)`` is the probe's verdict on
+    the row's fact, or None when the row asks for no fact."""
+    by = {m: [r for r in records if r["method"] == m] for m in METHODS}
+    od = by["on_demand"]
+
+    def pct(rs, key="em"):
+        return round(100 * sum(bool(r[key]) for r in rs) / len(rs), 2) if rs else None
+
+    def calls(rs):
+        return round(sum(r["image_calls"] + r["text_calls"] for r in rs) / len(rs), 3) if rs else None
+
+    text = [(r, knows(rows[r["data_id"]])) for r in od if rows[r["data_id"]]["kind"] == "text_only"]
+    known = [r for r, k in text if k is True]
+    unknown = [r for r, k in text if k is False]
+    return {
+        "n": len(od),
+        "on_demand_acc": pct(od),
+        "on_demand_ci": bootstrap_ci([float(r["em"]) for r in od], n_boot, seed),
+        "rag_acc": pct(by["rag"]),
+        "direct_acc": pct(by["direct"]),
+        "calls_per_q": calls(od),
+        "rag_calls_per_q": calls(by["rag"]),
+        "searched": round(sum(r["searched"] for r in od) / len(od), 3) if od else None,
+        "known_search_rate": round(sum(r["searched"] for r in known) / len(known), 3) if known else None,
+        "unknown_search_rate": round(sum(r["searched"] for r in unknown) / len(unknown), 3)
+        if unknown
+        else None,
+        "n_known": len(known),
+        "n_unknown": len(unknown),
+    }
+
+
+def _knowledge(cfg: StudyConfig):
+    """The base demo policy's probed knowledge (cached), as ``knows(row)``: True, False or None."""
+    from mmsearch_r1.data.world.build import build_world
+    from mmsearch_r1.policy.demo import cache_root
+    from mmsearch_r1.policy.load import load_policy
+    from mmsearch_r1.sft.config import WarmStartConfig
+    from mmsearch_r1.sft.trajectories import FACT_OF_TEMPLATE, probe_knowledge
+
+    base = load_policy("demo")
+    knowledge = probe_knowledge(base.model, base.tokenizer, build_world(), WarmStartConfig().probe,
+                                cache_dir=cache_root())  # fmt: skip
+    del base
+
+    def knows(row: dict) -> bool | None:
+        fact = FACT_OF_TEMPLATE.get(row["template"])
+        entry = knowledge.get(f"{row['entity_id']}|{fact}") if fact else None
+        return None if entry is None else bool(entry["known"])
+
+    return knows
+
+
+COMMANDS = ["python -m mmsearch_r1.rl_vs_sft   # = make reproduce-demo; resumes where it stopped"]
+
+
+def report(cfg: StudyConfig, labels: list[str] | None = None, knows=None) -> dict:
+    """Write ``figures/rl_vs_sft.json`` (and the figure) from the evaluations that exist; ``knows``
+    replaces the base model's probe (tests)."""
+    import datasets
+
+    from mmsearch_r1.evaluation.evaluate import load_eval
+
+    pool = datasets.load_from_disk(str(cfg.data_dir / "pool"))
+    cols = ["data_id", "entity_id", "template", "kind"]
+    rows = {w: {r["data_id"]: r for r in pool[f"test_{w}"].select_columns(cols)} for w in WORDINGS}
+    knows = knows or _knowledge(cfg)
+    runs: dict[str, dict] = {}
+    for label in labels or list(RUNS):
+        found = {}
+        for wording in WORDINGS:
+            folder = Path(cfg.root) / "eval" / f"{label}_{wording}"
+            if (folder / "eval.json").is_file():
+                result, records = load_eval(folder)
+                found[wording] = summarize_run(
+                    records, rows[wording], knows, n_boot=cfg.bootstrap, seed=cfg.seed
+                )
+                found[wording]["policy"] = result["policy"]
+        if "heldout" in found:
+            run = RUNS[label]
+            runs[label] = {**found["heldout"], "seed": run.get("seed", cfg.seed), "wording": "held-out",
+                           "penalty": None if "penalty" not in run else (cfg.penalty if run["penalty"] is None else run["penalty"]),
+                           "original_templates": found.get("template")}  # fmt: skip
+    out = {
+        "what": "test entities never trained on, asked in held-out wordings (original_templates: the "
+        "templates' own words); greedy; accuracies in percent (exact match), 95% bootstrap intervals",
+        "commands": COMMANDS,
+        "settings": asdict(cfg),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "runs": runs,
+    }
+    figures = Path(cfg.figures_dir)
+    figures.mkdir(parents=True, exist_ok=True)
+    (figures / "rl_vs_sft.json").write_text(json.dumps(out, indent=1) + "\n")
+    if runs:
+        plot(out, figures / "rl_vs_sft.png")
+    return out
+
+
+def plot(result: dict, path: Path) -> None:
+    """Accuracy on demand with its interval, calls per question, and the search rate on known against
+    unknown text facts, per policy (seaborn)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    runs = result["runs"]
+    labels = list(runs)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    acc = pd.DataFrame([{"policy": k, "method": m, "accuracy": runs[k][f"{m}_acc"]}
+                        for k in labels for m in ("on_demand", "rag", "direct")])  # fmt: skip
+    sns.barplot(acc, x="policy", y="accuracy", hue="method", ax=axes[0])
+    for i, k in enumerate(labels):
+        lo, hi = runs[k]["on_demand_ci"]
+        axes[0].plot([i - 0.27, i - 0.27], [lo, hi], color="black", lw=1.5)
+    calls = pd.DataFrame([{"policy": k, "calls per question": runs[k]["calls_per_q"]} for k in labels])
+    sns.barplot(calls, x="policy", y="calls per question", ax=axes[1], color=sns.color_palette()[0])
+    rate = pd.DataFrame([{"policy": k, "facts": side, "search rate": runs[k][f"{side}_search_rate"]}
+                         for k in labels for side in ("known", "unknown")])  # fmt: skip
+    sns.barplot(rate, x="policy", y="search rate", hue="facts", ax=axes[2])
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=30)
+    axes[0].set_title("accuracy (held-out entities and wordings)")
+    axes[1].set_title("search calls per question, on demand")
+    axes[2].set_title("search rate on text facts the base model knows / not")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(cfg: StudyConfig, stages: list[str], labels: list[str]) -> None:
+    """The stages in order for ``labels`` (each skipped when its output exists)."""
+    if "data" in stages:
+        data_stage(cfg)
+    for label in labels:
+        run_ = RUNS[label]
+        if "warmstart" in stages:
+            warmstart_stage(cfg, run_["warmstart"])
+        if "grpo" in stages and "penalty" in run_:
+            grpo_stage(cfg, label)
+        if "eval" in stages:
+            for wording in WORDINGS:
+                eval_stage(cfg, label, wording)
+    if "report" in stages:
+        print(json.dumps(report(cfg, labels)["runs"], indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mmsearch_r1.cli import UserError
+    from mmsearch_r1.cli import run as run_cli
+
+    def _main(argv: list[str] | None) -> int:
+        stages = ("data", "warmstart", "grpo", "eval", "report")
+        parser = argparse.ArgumentParser(
+            prog="python -m mmsearch_r1.rl_vs_sft", description=__doc__.splitlines()[0]
+        )
+        parser.add_argument("--stages", default=",".join(stages), help=f"comma-separated, from {stages}")
+        parser.add_argument(
+            "--runs", default=",".join(RUNS), help=f"comma-separated labels, from {list(RUNS)}"
+        )
+        parser.add_argument("--max-steps", type=int, default=StudyConfig.max_steps)
+        parser.add_argument("--eval-items", type=int, default=None, help="test questions per wording (all)")
+        parser.add_argument("--root", default=StudyConfig.root)
+        args = parser.parse_args(argv)
+        chosen, labels = args.stages.split(","), args.runs.split(",")
+        bad = [s for s in chosen if s not in stages] + [r for r in labels if r not in RUNS]
+        if bad:
+            raise UserError(f"unknown stage or run {bad}; stages: {list(stages)}, runs: {list(RUNS)}")
+        cfg = StudyConfig(root=args.root, max_steps=args.max_steps, eval_items=args.eval_items)
+        run(cfg, chosen, labels)
+        return 0
+
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

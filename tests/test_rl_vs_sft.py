@@ -1,0 +1,137 @@
+"""The RL-against-warm-start comparison: its data split, run settings, numbers and report."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+
+from mmsearch_r1 import rl_vs_sft
+from mmsearch_r1.data.world.build import WorldConfig, build_world
+from mmsearch_r1.rl_vs_sft import RUNS, StudyConfig, bootstrap_ci, summarize_run, train_config
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    world = build_world(WorldConfig(root=root / "world", flags="flagpy"))
+    cfg = StudyConfig(root=str(root / "run"), figures_dir=str(root / "figures"), bootstrap=200)
+    rl_vs_sft.data_stage(cfg, world=world)
+    return cfg, datasets.load_from_disk(str(cfg.data_dir / "pool"))
+
+
+def test_rl_never_sees_a_warm_start_entity_nor_a_held_out_wording(study):
+    from mmsearch_r1.data.wordings import split_wordings
+
+    cfg, pool = study
+    sft, rl = set(pool["sft_train"]["entity_id"]), set(pool["rl_train"]["entity_id"])
+    test = set(pool["test_template"]["entity_id"])
+    assert sft and rl and not sft & rl and not (sft | rl) & test
+    assert abs(len(rl) - len(sft)) <= 1  # rl_entity_share 0.5
+    held = split_wordings(0)
+    for split in ("sft_train", "rl_train"):
+        assert all(
+            w in held[t]["train"]
+            for t, w in zip(pool[split]["template"], pool[split]["wording"], strict=True)
+        )
+    assert all(
+        w in held[t]["heldout"]
+        for t, w in zip(pool["test_heldout"]["template"], pool["test_heldout"]["wording"], strict=True)
+    )
+    assert set(pool["test_template"]["wording"]) == {0}
+    assert len(pool["test_heldout"]) == len(pool["test_template"])
+    counts = json.loads((cfg.data_dir / "counts.json").read_text())
+    assert counts["rl_train"] == len(pool["rl_train"]) and counts["rl_entities"] == len(rl)
+    before = (cfg.data_dir / "pool" / "dataset_dict.json").stat().st_mtime
+    rl_vs_sft.data_stage(cfg)  # done: not rebuilt
+    assert (cfg.data_dir / "pool" / "dataset_dict.json").stat().st_mtime == before
+
+
+def test_each_grpo_run_starts_from_its_warm_start_with_its_penalty_and_seed(tmp_path):
+    cfg = StudyConfig(root=str(tmp_path), penalty=0.3, temperature=0.7, max_steps=12)
+    runs = {label: train_config(cfg, label) for label, run in RUNS.items() if "penalty" in run}
+    assert set(runs) == {"agnostic_grpo", "agnostic_grpo_seed1", "agnostic_grpo_p0", "labelled_grpo"}
+    assert [runs[k].penalty for k in sorted(runs)] == [0.3, 0.0, 0.3, 0.3]
+    assert runs["agnostic_grpo_seed1"].seed == 1 and runs["agnostic_grpo"].seed == 0
+    assert runs["labelled_grpo"].model.endswith("labelled_ws/final") and runs[
+        "agnostic_grpo_p0"
+    ].model.endswith("agnostic_ws/final")
+    for c in runs.values():
+        assert (c.dataset_split, c.temperature, c.max_steps) == ("rl_train", 0.7, 12)
+        assert (
+            c.run_dir.parent == tmp_path
+            and c.run_dir.name == c.name
+            and c.prompts_per_step * c.num_generations == 16
+        )
+
+
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_n():
+    small, large = [1.0, 0.0] * 10, [1.0, 0.0] * 500
+    lo, hi = bootstrap_ci(small, 500, seed=0)
+    assert lo < 50 < hi and bootstrap_ci(small, 500, seed=0) == [lo, hi]
+    lo2, hi2 = bootstrap_ci(large, 500, seed=0)
+    assert lo < lo2 < 50 < hi2 < hi
+    assert bootstrap_ci([1.0] * 30, 100, seed=0) == [100.0, 100.0]
+
+
+def _rec(data_id, method, em, image=0, text=0):
+    return {"data_id": data_id, "method": method, "em": em, "image_calls": image, "text_calls": text,
+            "searched": image + text > 0}  # fmt: skip
+
+
+def test_summarize_run_reads_accuracy_calls_and_the_knowledge_boundary():
+    rows = {
+        "a": {"kind": "text_only", "entity_id": "x", "template": "capital_of"},  # known
+        "b": {"kind": "text_only", "entity_id": "y", "template": "capital_of"},  # unknown
+        "c": {"kind": "text_only", "entity_id": "z", "template": "capital_of"},  # unknown
+        "d": {"kind": "visual_knowledge", "entity_id": "x", "template": "flag_country"},
+    }
+    knows = lambda row: None if row["template"] == "flag_country" else row["entity_id"] == "x"  # noqa: E731
+    recs = [_rec("a", "on_demand", True), _rec("b", "on_demand", True, text=1), _rec("c", "on_demand", False),
+            _rec("d", "on_demand", True, image=1),
+            *[_rec(k, "rag", True, image=1, text=1) for k in "abcd"], *[_rec(k, "direct", k == "a") for k in "abcd"]]  # fmt: skip
+    s = summarize_run(recs, rows, knows, n_boot=100, seed=0)
+    assert (s["n"], s["on_demand_acc"], s["rag_acc"], s["direct_acc"]) == (4, 75.0, 100.0, 25.0)
+    assert (s["calls_per_q"], s["rag_calls_per_q"], s["searched"]) == (0.5, 2.0, 0.5)
+    assert (s["known_search_rate"], s["unknown_search_rate"], s["n_known"], s["n_unknown"]) == (
+        0.0,
+        0.5,
+        1,
+        2,
+    )
+    assert s["on_demand_ci"][0] <= 75.0 <= s["on_demand_ci"][1]
+
+
+def test_report_writes_the_issue_shape_from_the_evaluations_that_exist(study, monkeypatch):
+    cfg, pool = study
+    rows = pool["test_heldout"].select_columns(["data_id", "kind", "template", "entity_id"])
+    for label in ("agnostic_ws", "agnostic_grpo"):
+        folder = rl_vs_sft.Path(cfg.root) / "eval" / f"{label}_heldout"
+        folder.mkdir(parents=True)
+        (folder / "eval.json").write_text(json.dumps({"policy": f"runs/{label}/final"}))
+        with (folder / "eval_items.jsonl").open("w") as f:
+            for i, r in enumerate(rows):
+                for m in rl_vs_sft.METHODS:
+                    searched = m == "rag" or (m == "on_demand" and (label == "agnostic_ws" or i % 2 == 0))
+                    f.write(json.dumps(_rec(r["data_id"], m, m != "direct", image=int(searched))) + "\n")
+    out = rl_vs_sft.report(
+        cfg, knows=lambda row: row["kind"] == "text_only" and len(row["entity_id"]) % 2 == 0
+    )
+    assert set(out["runs"]) == {"agnostic_ws", "agnostic_grpo"}  # the others have no evaluation yet
+    keys = {"policy", "seed", "n", "on_demand_acc", "on_demand_ci", "rag_acc", "direct_acc", "calls_per_q",
+            "rag_calls_per_q", "searched", "known_search_rate", "unknown_search_rate"}  # fmt: skip
+    for run in out["runs"].values():
+        assert keys <= set(run) and run["n"] == len(rows) and run["original_templates"] is None
+    assert (
+        out["runs"]["agnostic_ws"]["calls_per_q"] == 1.0 and out["runs"]["agnostic_grpo"]["calls_per_q"] < 1.0
+    )
+    written = json.loads((rl_vs_sft.Path(cfg.figures_dir) / "rl_vs_sft.json").read_text())
+    assert written["runs"] == json.loads(json.dumps(out["runs"])) and written["commands"]
+    assert (rl_vs_sft.Path(cfg.figures_dir) / "rl_vs_sft.png").stat().st_size > 10_000
+
+
+def test_cli_names_a_wrong_stage_in_one_line(capsys):
+    assert rl_vs_sft.main(["--stages", "data,train"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown stage or run ['train']") and err.count("\n") == 1
