@@ -62,7 +62,7 @@ def test_each_grpo_run_starts_from_its_warm_start_with_its_penalty_and_seed(tmp_
         assert (
             c.run_dir.parent == tmp_path
             and c.run_dir.name == c.name
-            and c.prompts_per_step * c.num_generations == 16
+            and c.prompts_per_step * c.num_generations == 8
         )
 
 

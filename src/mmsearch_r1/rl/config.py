@@ -180,6 +180,9 @@ class TrainConfig:
     """``auto`` (on with a GPU), ``true``, ``false``."""
     suppress_vision_tokens: bool = True
     """Never sample the vision placeholder tokens (needed by tiny random models, harmless otherwise)."""
+    generation_copy: str = "auto"
+    """Generate the rollouts with a bf16 copy of the model (`rl.generation_copy`): ``auto`` (on a CPU with
+    native bf16 matmuls, without vLLM or PEFT), ``true``, ``false``."""
     policy_token_head: str = "auto"
     """Project the loss's LM head on the policy's own completion tokens only (`rl.policy_head`): ``auto``
     (on CPU, where TRL's fused head projects every position), ``true``, ``false``."""

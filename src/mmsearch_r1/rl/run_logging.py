@@ -275,20 +275,29 @@ def rollout_images(rollout: dict) -> list:
 class TimedGRPOTrainer(GRPOTrainer):
     """``GRPOTrainer`` that times generation and the tool loop and keeps the last batch's rollouts; with
     ``policy_token_head`` (``auto``: on CPU) its loss projects the LM head on the policy's own completion
-    tokens only (`mmsearch_r1.rl.policy_head`)."""
+    tokens only (`mmsearch_r1.rl.policy_head`); with ``generation_copy`` (``auto``: on a CPU with native
+    bf16) a bf16 copy of the model generates the rollouts (`mmsearch_r1.rl.generation_copy`)."""
 
     last_rollouts: list[dict]
 
-    def __init__(self, *args, policy_token_head: str = "auto", **kwargs):
+    def __init__(self, *args, policy_token_head: str = "auto", generation_copy: str = "auto", **kwargs):
+        import torch
+
+        from mmsearch_r1.rl import generation_copy as gc
         from mmsearch_r1.rl.policy_head import install_policy_token_head, wanted
 
         self.last_rollouts = []
         self._gen_s = 0.0
         self.policy_token_mask = None
+        model, grpo_args = kwargs.get("model"), kwargs.get("args")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        copy_it = isinstance(model, torch.nn.Module) and gc.wanted(
+            generation_copy, device=device, use_vllm=bool(getattr(grpo_args, "use_vllm", False)),
+            peft=hasattr(model, "peft_config"))  # fmt: skip
+        self.generation_copy = gc.GenerationCopy(model) if copy_it else None  # before TRL patches the model
         super().__init__(*args, **kwargs)
-        self.policy_token_head = wanted(
-            policy_token_head, self.accelerator.device
-        ) and install_policy_token_head(self)
+        head = wanted(policy_token_head, self.accelerator.device)
+        self.policy_token_head = head and install_policy_token_head(self)
 
     def _compute_loss(self, model, inputs):
         self.policy_token_mask = inputs.get("tool_mask")
@@ -299,9 +308,14 @@ class TimedGRPOTrainer(GRPOTrainer):
 
     def _generate_single_turn(self, *args, **kwargs):
         t0 = time.perf_counter()
+        wrapped = self.model_wrapped
+        if self.generation_copy is not None:  # TRL generates with self.model_wrapped: lend it the bf16 copy
+            self.generation_copy.refresh(self.model, self.state.global_step)
+            self.model_wrapped = self.generation_copy.model
         try:
             return super()._generate_single_turn(*args, **kwargs)
         finally:
+            self.model_wrapped = wrapped
             self._gen_s += time.perf_counter() - t0
 
     def _tool_call_loop(self, *args, **kwargs):

@@ -208,6 +208,7 @@ def build_trainer(cfg: TrainConfig, *, policy=None, rows=None, engines=None, cal
         environment_factory=env_factory,
         callbacks=[logger, GracefulStop(), *callbacks],
         policy_token_head=cfg.policy_token_head,
+        generation_copy=cfg.generation_copy,
     )
     logger.trainer = trainer
     return trainer, {"policy": policy, "dataset": dataset, "engines": engines, "reward": reward}

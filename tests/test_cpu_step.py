@@ -1,4 +1,4 @@
-"""The GRPO loss's LM head on the policy's own tokens: TRL's numbers on those positions, nothing elsewhere."""
+"""The CPU GRPO step: the loss's LM head on the policy's own tokens (TRL's numbers there, nothing elsewhere), and the bf16 copy that generates the rollouts."""
 
 from __future__ import annotations
 
@@ -61,3 +61,43 @@ def test_policy_token_head_setting():
     assert wanted("true", "cuda") and not wanted("false", "cpu")
     with pytest.raises(ValueError, match="policy_token_head must be"):
         wanted("yes", "cpu")
+
+
+def test_generation_copy_is_bf16_and_follows_the_trained_parameters_once_per_step():
+    from mmsearch_r1.rl.generation_copy import GenerationCopy
+    from mmsearch_r1.rl.generation_copy import wanted as copy_wanted
+
+    model, _ = build_tiny_policy(seed=1)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    top = model.model.language_model.layers[-1]
+    for p in top.parameters():
+        p.requires_grad_(True)
+    gen = GenerationCopy(model)
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in gen.model.parameters())
+    with torch.no_grad():  # a checkpoint loaded after the copy was made: the first refresh copies everything
+        model.model.language_model.layers[0].mlp.up_proj.weight.add_(1.0)
+    gen.refresh(model, step=0)
+    same = lambda a, b: torch.allclose(a.float(), b.bfloat16().float())  # noqa: E731
+    assert same(
+        gen.model.model.language_model.layers[0].mlp.up_proj.weight,
+        model.model.language_model.layers[0].mlp.up_proj.weight,
+    )
+    with torch.no_grad():
+        top.mlp.up_proj.weight.add_(1.0)
+    gen.refresh(model, step=0)  # same optimizer step: not copied again
+    assert not same(gen.model.model.language_model.layers[-1].mlp.up_proj.weight, top.mlp.up_proj.weight)
+    gen.refresh(model, step=1)
+    assert same(gen.model.model.language_model.layers[-1].mlp.up_proj.weight, top.mlp.up_proj.weight)
+    ids = torch.randint(10, 200, (2, 12))
+    out = gen.model.generate(
+        input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False
+    )
+    assert out.shape == (2, 16)
+    assert not copy_wanted("auto", device="cpu", use_vllm=True, peft=False)
+    assert not copy_wanted("auto", device="cpu", use_vllm=False, peft=True)
+    assert not copy_wanted("auto", device="cuda", use_vllm=False, peft=False) and not copy_wanted(
+        "false", device="cpu", use_vllm=False, peft=False
+    )
+    with pytest.raises(ValueError, match="generation_copy must be"):
+        copy_wanted("maybe", device="cpu", use_vllm=False, peft=False)
