@@ -307,6 +307,40 @@ def report(cfg: StudyConfig, labels: list[str] | None = None, knows=None) -> dic
     return out
 
 
+def boundary_curve(run_dir: str | Path, rows: dict[str, dict], knows, window: int = 10):
+    """Per GRPO step, the training rollouts' search rate on text facts the base model knows and on those it
+    does not (``samples.jsonl``; ``rows``: the RL rows by ``data_id``), as a rolling mean over ``window``
+    steps: a DataFrame with columns ``step``, ``facts`` (known / unknown), ``search_rate``, ``rollouts``."""
+    import pandas as pd
+
+    from mmsearch_r1.data.schema import read_jsonl
+
+    seen = []
+    for s in read_jsonl(Path(run_dir) / "samples.jsonl", append_only=True):
+        row = rows.get(s.get("data_id"))
+        if row is None or row["kind"] != "text_only" or knows(row) is None:
+            continue
+        seen.append(
+            {
+                "step": s["step"],
+                "facts": "known" if knows(row) else "unknown",
+                "searched": bool(s["searched"]),
+            }
+        )
+    if not seen:
+        return pd.DataFrame(columns=["step", "facts", "search_rate", "rollouts"])
+    per = pd.DataFrame(seen).groupby(["facts", "step"])["searched"].agg(["sum", "count"]).reset_index()
+    out = []
+    for facts, g in per.groupby("facts"):
+        g = g.sort_values("step")
+        hits, n = (
+            g["sum"].rolling(window, min_periods=1).sum(),
+            g["count"].rolling(window, min_periods=1).sum(),
+        )
+        out.append(pd.DataFrame({"step": g["step"], "facts": facts, "search_rate": hits / n, "rollouts": n}))
+    return pd.concat(out, ignore_index=True)
+
+
 def plot(result: dict, path: Path) -> None:
     """Accuracy on demand with its interval, calls per question, and the search rate on known against
     unknown text facts, per policy (seaborn)."""
