@@ -165,10 +165,11 @@ def validate_check(policy: str = "runs/warmstart/final", base: str = "demo", all
     return validate(load_policy(policy), sample, engines, cfg, needs, lambda eid: world.entity(eid).name)
 
 
-def _world_and_knowledge(base: str, cfg):
-    """The world, its question pool, ``base``'s probed knowledge (cached) and the local engines."""
+def _world_and_knowledge(base: str, cfg, wordings: str = "template"):
+    """The world, its question pool (in ``wordings``, `data.questions.QuestionConfig`), ``base``'s probed
+    knowledge (cached) and the local engines."""
     world = build_world()
-    pool = build_pool(world, QuestionConfig(seed=cfg.seed))
+    pool = build_pool(world, QuestionConfig(seed=cfg.seed, wordings=wordings))
     lm = load_policy(base)
     knowledge = probe_knowledge(lm.model, lm.tokenizer, world, cfg.probe, cache_dir=cache_root())
     del lm
@@ -177,12 +178,13 @@ def _world_and_knowledge(base: str, cfg):
 
 
 def boundary_check(policy: str = "runs/warmstart/final", base: str = "demo", split: str = "validation",
-                   kind: str = "text_only") -> dict:  # fmt: skip
-    """`boundary` of ``policy`` (greedy, on-demand) on every ``kind`` question of the world's ``split``,
+                   kind: str = "text_only", wordings: str = "template") -> dict:  # fmt: skip
+    """`boundary` of ``policy`` (greedy, on-demand) on every ``kind`` question of the world's ``split``
+    asked in ``wordings`` (``template``, ``train``: one training wording per question, ``heldout``),
     against the knowledge of ``base``'s language model (`sft.trajectories.probe_knowledge` with the warm
     start's probe settings; cached). Validation by default: the test split is for the headline only."""
     cfg = WarmStartConfig()
-    world, pool, knowledge, engines = _world_and_knowledge(base, cfg)
+    world, pool, knowledge, engines = _world_and_knowledge(base, cfg, wordings)
     rows = [r for r in pool[split] if r["kind"] == kind]
     eps = rollout(load_policy(policy), rows, engines, env_config=cfg.env, batch_size=16,
                   max_new_tokens=cfg.eval_max_new_tokens)  # fmt: skip
@@ -207,8 +209,14 @@ if __name__ == "__main__":
         action="store_true",
         help="with --validate: every validation question, not the warm start's sample",
     )
+    parser.add_argument(
+        "--wordings",
+        default="template",
+        choices=("template", "train", "heldout"),
+        help="how the boundary check's questions are worded (data/wordings.py)",
+    )
     args = parser.parse_args()
     if args.validate:
         print(json.dumps(validate_check(args.policy, all_rows=args.all), indent=1))
     else:
-        print(json.dumps(boundary_check(args.policy), indent=1))
+        print(json.dumps(boundary_check(args.policy, wordings=args.wordings), indent=1))
