@@ -1,4 +1,4 @@
-"""The RL-against-warm-start comparison: its data split, run settings, numbers and report."""
+"""The RL-against-warm-start comparison (`rl_vs_sft`, `evaluation.comparison`): data split, run settings, numbers, report."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 
 from mmsearch_r1 import rl_vs_sft
 from mmsearch_r1.data.world.build import WorldConfig, build_world
-from mmsearch_r1.rl_vs_sft import RUNS, StudyConfig, bootstrap_ci, summarize_run, train_config
+from mmsearch_r1.evaluation.comparison import bootstrap_ci, boundary_curve, summarize_run
+from mmsearch_r1.rl_vs_sft import RUNS, StudyConfig, train_config
 
 
 @pytest.fixture(scope="module")
@@ -146,9 +147,9 @@ def test_boundary_curve_follows_known_and_unknown_facts_over_steps(tmp_path):
         lines += [{"step": step, "data_id": "u", "searched": True} for _ in range(4)]
         lines += [{"step": step, "data_id": "v", "searched": True}]
     (tmp_path / "samples.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    curve = rl_vs_sft.boundary_curve(tmp_path, rows, lambda r: r["known"], window=1)
+    curve = boundary_curve(tmp_path, rows, lambda r: r["known"], window=1)
     known = curve[curve.facts == "known"].search_rate.tolist()
     assert known == [0.75, 0.5, 0.25, 0.0] and set(curve[curve.facts == "unknown"].search_rate) == {1.0}
     assert set(curve.rollouts) == {4}  # the visual question is not a text fact
-    smooth = rl_vs_sft.boundary_curve(tmp_path, rows, lambda r: r["known"], window=2)
+    smooth = boundary_curve(tmp_path, rows, lambda r: r["known"], window=2)
     assert smooth[smooth.facts == "known"].search_rate.tolist() == [0.75, 0.625, 0.375, 0.125]

@@ -1,0 +1,132 @@
+"""Numbers and figure of a comparison of policies on held-out questions (`mmsearch_r1.rl_vs_sft`).
+
+What it does: `summarize_run` turns one policy's scored evaluation records (on demand, RAG, direct) into
+accuracy with a 95% bootstrap interval (`bootstrap_ci`), calls and share of questions searched, and the
+search rate on text facts the base language model knows against those it does not (its knowledge
+boundary); `boundary_curve` follows that search rate over GRPO steps in a run's training samples;
+`plot` draws the comparison with seaborn.
+
+What it does not: no rollouts, no training, no files besides the figure (`mmsearch_r1.rl_vs_sft` runs
+and writes the comparison).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+METHODS = ("on_demand", "rag", "direct")
+"""The evaluation methods a comparison reads (`mmsearch_r1.agent.rollout`)."""
+
+
+def bootstrap_ci(values: list[float], n: int, seed: int) -> list[float]:
+    """The 95% percentile interval of the mean of ``values`` over ``n`` seeded resamples (in percent)."""
+    import numpy as np
+
+    x = np.asarray(values, dtype=float)
+    if not len(x):
+        return [float("nan"), float("nan")]
+    means = np.random.default_rng(seed).choice(x, size=(n, len(x)), replace=True).mean(axis=1)
+    return [
+        round(100 * float(np.percentile(means, 2.5)), 2),
+        round(100 * float(np.percentile(means, 97.5)), 2),
+    ]
+
+
+def summarize_run(records: list[dict], rows: dict[str, dict], knows, *, n_boot: int, seed: int) -> dict:
+    """The report's numbers of one policy in one wording from its scored evaluation records.
+
+    ``rows`` maps ``data_id`` to the test row (entity, template); ``knows(row)`` is the probe's verdict on
+    the row's fact, or None when the row asks for no fact."""
+    by = {m: [r for r in records if r["method"] == m] for m in METHODS}
+    od = by["on_demand"]
+
+    def pct(rs, key="em"):
+        return round(100 * sum(bool(r[key]) for r in rs) / len(rs), 2) if rs else None
+
+    def calls(rs):
+        return round(sum(r["image_calls"] + r["text_calls"] for r in rs) / len(rs), 3) if rs else None
+
+    text = [(r, knows(rows[r["data_id"]])) for r in od if rows[r["data_id"]]["kind"] == "text_only"]
+    known = [r for r, k in text if k is True]
+    unknown = [r for r, k in text if k is False]
+    return {
+        "n": len(od),
+        "on_demand_acc": pct(od),
+        "on_demand_ci": bootstrap_ci([float(r["em"]) for r in od], n_boot, seed),
+        "rag_acc": pct(by["rag"]),
+        "direct_acc": pct(by["direct"]),
+        "calls_per_q": calls(od),
+        "rag_calls_per_q": calls(by["rag"]),
+        "searched": round(sum(r["searched"] for r in od) / len(od), 3) if od else None,
+        "known_search_rate": round(sum(r["searched"] for r in known) / len(known), 3) if known else None,
+        "unknown_search_rate": round(sum(r["searched"] for r in unknown) / len(unknown), 3)
+        if unknown
+        else None,
+        "n_known": len(known),
+        "n_unknown": len(unknown),
+    }
+
+
+def boundary_curve(run_dir: str | Path, rows: dict[str, dict], knows, window: int = 10):
+    """Per GRPO step, the training rollouts' search rate on text facts the base model knows and on those it
+    does not (``samples.jsonl``; ``rows``: the RL rows by ``data_id``), as a rolling mean over ``window``
+    steps: a DataFrame with columns ``step``, ``facts`` (known / unknown), ``search_rate``, ``rollouts``."""
+    import pandas as pd
+
+    from mmsearch_r1.data.schema import read_jsonl
+
+    seen = []
+    for s in read_jsonl(Path(run_dir) / "samples.jsonl", append_only=True):
+        row = rows.get(s.get("data_id"))
+        if row is None or row["kind"] != "text_only" or knows(row) is None:
+            continue
+        seen.append(
+            {
+                "step": s["step"],
+                "facts": "known" if knows(row) else "unknown",
+                "searched": bool(s["searched"]),
+            }
+        )
+    if not seen:
+        return pd.DataFrame(columns=["step", "facts", "search_rate", "rollouts"])
+    per = pd.DataFrame(seen).groupby(["facts", "step"])["searched"].agg(["sum", "count"]).reset_index()
+    out = []
+    for facts, g in per.groupby("facts"):
+        g = g.sort_values("step")
+        hits, n = (
+            g["sum"].rolling(window, min_periods=1).sum(),
+            g["count"].rolling(window, min_periods=1).sum(),
+        )
+        out.append(pd.DataFrame({"step": g["step"], "facts": facts, "search_rate": hits / n, "rollouts": n}))
+    return pd.concat(out, ignore_index=True)
+
+
+def plot(result: dict, path: Path) -> None:
+    """Accuracy on demand with its interval, calls per question, and the search rate on known against
+    unknown text facts, per policy (seaborn)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    runs = result["runs"]
+    labels = list(runs)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    acc = pd.DataFrame([{"policy": k, "method": m, "accuracy": runs[k][f"{m}_acc"]}
+                        for k in labels for m in ("on_demand", "rag", "direct")])  # fmt: skip
+    sns.barplot(acc, x="policy", y="accuracy", hue="method", ax=axes[0])
+    for i, k in enumerate(labels):
+        lo, hi = runs[k]["on_demand_ci"]
+        axes[0].plot([i - 0.27, i - 0.27], [lo, hi], color="black", lw=1.5)
+    calls = pd.DataFrame([{"policy": k, "calls per question": runs[k]["calls_per_q"]} for k in labels])
+    sns.barplot(calls, x="policy", y="calls per question", ax=axes[1], color=sns.color_palette()[0])
+    rate = pd.DataFrame([{"policy": k, "facts": side, "search rate": runs[k][f"{side}_search_rate"]}
+                         for k in labels for side in ("known", "unknown")])  # fmt: skip
+    sns.barplot(rate, x="policy", y="search rate", hue="facts", ax=axes[2])
+    for ax in axes:
+        ax.tick_params(axis="x", rotation=30)
+    axes[0].set_title("accuracy (held-out entities and wordings)")
+    axes[1].set_title("search calls per question, on demand")
+    axes[2].set_title("search rate on text facts the base model knows / not")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
