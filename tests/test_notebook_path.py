@@ -153,3 +153,20 @@ def test_papermill_reads_every_parameter(name):
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     declared = [n.target.id for n in ast.parse(cell.source).body if isinstance(n, ast.AnnAssign)]
     assert declared and list(papermill.inspect_notebook(str(path))) == declared
+
+
+def test_a_saved_data_sets_digest_ignores_the_cache_files_datasets_writes_beside_it(tmp_path):
+    import datasets
+
+    from mmsearch_r1.rl.resume import _path_digest
+
+    folder = tmp_path / "pool"
+    datasets.DatasetDict(train=datasets.Dataset.from_dict({"x": list(range(50))})).save_to_disk(str(folder))
+    before = _path_digest(folder)
+    loaded = datasets.load_from_disk(str(folder))["train"].filter(lambda x: x % 2 == 0, input_columns="x")
+    assert len(loaded) == 25 and list(folder.rglob("cache-*.arrow"))  # datasets wrote a cache file
+    assert _path_digest(folder) == before
+    datasets.DatasetDict(train=datasets.Dataset.from_dict({"x": list(range(51))})).save_to_disk(
+        str(tmp_path / "b")
+    )
+    assert _path_digest(tmp_path / "b") != before  # other data: another digest

@@ -84,6 +84,17 @@ class StudyConfig:
     """Sequences per generate call in the evaluation."""
     bootstrap: int = 1000
     """Bootstrap resamples of the test questions for the 95% intervals."""
+    smoke: bool = False
+    """Tiny sizes (the tiny policy, 24 entities, 2 GRPO steps, 4 test questions) under ``runs/smoke/``, for
+    tests: it checks that the stages run, not what they find."""
+
+    def __post_init__(self):
+        if self.smoke:  # under runs/smoke/ unless chosen; tiny sizes
+            if self.root == StudyConfig.root:
+                self.root = "runs/smoke/rl_vs_sft"
+            if self.figures_dir == StudyConfig.figures_dir:
+                self.figures_dir = str(Path(self.root) / "figures")
+            self.max_steps, self.eval_items, self.bootstrap = 2, 4, 100
 
     @property
     def data_dir(self) -> Path:
@@ -106,16 +117,17 @@ def data_stage(cfg: StudyConfig, world=None) -> Path:
     if _done(out / "dataset_dict.json"):
         return out
     world = world or build_world()
+    few = {"max_entities": 24} if cfg.smoke else {}
     train = build_pool(world, QuestionConfig(seed=cfg.seed, wordings="train",
-                                             wordings_per_row=cfg.train_wordings_per_row))  # fmt: skip
+                                             wordings_per_row=cfg.train_wordings_per_row, **few))  # fmt: skip
     entities = sorted(set(train["train"]["entity_id"]))
     rl = set(random.Random(cfg.seed).sample(entities, round(cfg.rl_entity_share * len(entities))))
     splits = {
         "sft_train": train["train"].filter(lambda e: e not in rl, input_columns="entity_id"),
         "rl_train": train["train"].filter(lambda e: e in rl, input_columns="entity_id"),
         "validation": train["validation"],
-        "test_template": build_pool(world, QuestionConfig(seed=cfg.seed))["test"],
-        "test_heldout": build_pool(world, QuestionConfig(seed=cfg.seed, wordings="heldout"))["test"],
+        "test_template": build_pool(world, QuestionConfig(seed=cfg.seed, **few))["test"],
+        "test_heldout": build_pool(world, QuestionConfig(seed=cfg.seed, wordings="heldout", **few))["test"],
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     datasets.DatasetDict(splits).save_to_disk(str(out))
@@ -138,7 +150,7 @@ def warmstart_stage(cfg: StudyConfig, decision: str) -> Path:
     if _done(out / "final" / "config.json"):
         return out / "final"
     pool = datasets.load_from_disk(str(data_stage(cfg)))
-    ws = WarmStartConfig(output_dir=str(out), seed=cfg.seed,
+    ws = WarmStartConfig(output_dir=str(out), seed=cfg.seed, smoke=cfg.smoke,
                          decision="agnostic" if decision == "agnostic" else "knowledge")  # fmt: skip
     run_warmstart(ws, pool=datasets.DatasetDict(train=pool["sft_train"], validation=pool["validation"]))
     return out / "final"
@@ -150,12 +162,13 @@ def train_config(cfg: StudyConfig, label: str):
 
     run = RUNS[label]
     penalty = cfg.penalty if run["penalty"] is None else run["penalty"]
-    return preset("cpu_demo", name=label, output_dir=str(Path(cfg.root) / label), seed=run["seed"], penalty=penalty,
+    smoke = {"engine": "local", "max_completion_length": 256} if cfg.smoke else {}
+    return preset("tiny" if cfg.smoke else "cpu_demo", **smoke, name=label, output_dir=str(Path(cfg.root) / label), seed=run["seed"], penalty=penalty,
                   model=str(Path(cfg.root) / f"{run['warmstart']}_ws" / "final"),
                   dataset=str(cfg.data_dir / "pool"), dataset_split="rl_train", temperature=cfg.temperature,
                   max_steps=cfg.max_steps, prompts_per_step=cfg.prompts_per_step,
                   num_generations=cfg.num_generations, gradient_accumulation_steps=2,
-                  save_steps=cfg.save_steps, log_samples=cfg.prompts_per_step * cfg.num_generations,
+                  save_steps=cfg.save_steps, save_final=True, log_samples=cfg.prompts_per_step * cfg.num_generations,
                   report_to="none")  # fmt: skip
 
 
@@ -200,9 +213,12 @@ def _knowledge(cfg: StudyConfig):
     from mmsearch_r1.sft.config import WarmStartConfig
     from mmsearch_r1.sft.trajectories import FACT_OF_TEMPLATE, probe_knowledge
 
-    base = load_policy("demo")
-    knowledge = probe_knowledge(base.model, base.tokenizer, build_world(), WarmStartConfig().probe,
-                                cache_dir=cache_root())  # fmt: skip
+    base = load_policy("tiny" if cfg.smoke else "demo")
+    probe = (
+        WarmStartConfig(smoke=cfg.smoke).shrink_for_smoke().probe if cfg.smoke else WarmStartConfig().probe
+    )
+    knowledge = probe_knowledge(base.model, base.tokenizer, build_world(), probe,
+                                cache_dir=None if cfg.smoke else cache_root())  # fmt: skip
     del base
 
     def knows(row: dict) -> bool | None:
@@ -259,6 +275,42 @@ def report(cfg: StudyConfig, labels: list[str] | None = None, knows=None) -> dic
     return out
 
 
+def curves(cfg: StudyConfig, window: int = 10):
+    """`evaluation.comparison.boundary_curve` of every GRPO run that has training samples, with a ``run``
+    column (an empty DataFrame when none has)."""
+    import datasets
+    import pandas as pd
+
+    from mmsearch_r1.evaluation.comparison import boundary_curve
+
+    found = [
+        k for k, r in RUNS.items() if "penalty" in r and (Path(cfg.root) / k / "samples.jsonl").is_file()
+    ]
+    if not found:
+        return pd.DataFrame(columns=["run", "step", "facts", "search_rate", "rollouts"])
+    cols = ["data_id", "entity_id", "template", "kind"]
+    rows = {
+        r["data_id"]: r
+        for r in datasets.load_from_disk(str(cfg.data_dir / "pool"))["rl_train"].select_columns(cols)
+    }
+    knows = _knowledge(cfg)
+    parts = [boundary_curve(Path(cfg.root) / k, rows, knows, window).assign(run=k) for k in found]
+    return pd.concat(parts, ignore_index=True)
+
+
+def table(result: dict):
+    """The report's runs as a DataFrame, one row per policy and wording."""
+    import pandas as pd
+
+    rows = []
+    for label, r in result["runs"].items():
+        for wording, x in (("held-out", r), ("templates", r.get("original_templates"))):
+            if x:
+                rows.append({"policy": label, "wording": wording, **{k: v for k, v in x.items()
+                             if k not in ("original_templates", "policy", "wording")}})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def run(cfg: StudyConfig, stages: list[str], labels: list[str]) -> None:
     """The stages in order for ``labels`` (each skipped when its output exists)."""
     if "data" in stages:
@@ -292,12 +344,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--max-steps", type=int, default=StudyConfig.max_steps)
         parser.add_argument("--eval-items", type=int, default=None, help="test questions per wording (all)")
         parser.add_argument("--root", default=StudyConfig.root)
+        parser.add_argument(
+            "--smoke", action="store_true", help="tiny sizes under runs/smoke/ (a check that it runs)"
+        )
         args = parser.parse_args(argv)
         chosen, labels = args.stages.split(","), args.runs.split(",")
         bad = [s for s in chosen if s not in stages] + [r for r in labels if r not in RUNS]
         if bad:
             raise UserError(f"unknown stage or run {bad}; stages: {list(stages)}, runs: {list(RUNS)}")
-        cfg = StudyConfig(root=args.root, max_steps=args.max_steps, eval_items=args.eval_items)
+        cfg = StudyConfig(
+            root=args.root, max_steps=args.max_steps, eval_items=args.eval_items, smoke=args.smoke
+        )
         run(cfg, chosen, labels)
         return 0
 

@@ -130,3 +130,19 @@ def plot(result: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_curves(curves, path: Path) -> None:
+    """The search rate on known and unknown text facts over GRPO steps, one panel per run (seaborn)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    runs = list(dict.fromkeys(curves["run"]))
+    fig, axes = plt.subplots(1, max(len(runs), 1), figsize=(4.5 * max(len(runs), 1), 3.6), squeeze=False)
+    for ax, run in zip(axes[0], runs, strict=False):
+        sns.lineplot(curves[curves["run"] == run], x="step", y="search_rate", hue="facts", ax=ax)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(run)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -37,13 +37,16 @@ def _file_digest(path: Path) -> str:
 
 
 def _path_digest(path: Path) -> str | None:
-    """Digest of a file, or of every file in a folder (names and contents); None when it does not exist."""
+    """Digest of a file, or of every file in a folder (names and contents); None when it does not exist.
+    In a folder, hidden files and the ``cache-*.arrow`` files that ``datasets`` writes beside a saved data
+    set when it is filtered or mapped are not the data: left out."""
     if path.is_file():
         return _file_digest(path)
     if not path.is_dir():
         return None
     h = hashlib.sha256()
-    for f in sorted(q for q in path.rglob("*") if q.is_file() and not q.name.startswith(".")):
+    data = (q for q in path.rglob("*") if q.is_file() and not q.name.startswith((".", "cache-")))
+    for f in sorted(data):
         h.update(f"{f.relative_to(path)}:{_file_digest(f)};".encode())
     return h.hexdigest()[:16]
 
