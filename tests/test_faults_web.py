@@ -429,9 +429,10 @@ def test_body_stall_and_short_body_are_retried_then_reported(srv):
         h.close_connection = True
 
     srv.routes = {"stall": stall, "short": short, "serpapi": stall}
-    http = SafeHttp(NetConfig(timeout_s=0.3, retries=2, backoff_s=0.01, backoff_max_s=0.05))
+    # 1 s, not less: on a loaded machine a shorter timeout can fire before the headers are read
+    http = SafeHttp(NetConfig(timeout_s=1.0, retries=2, backoff_s=0.01, backoff_max_s=0.05))
     for route, msg in (
-        ("stall", "timeout after 0.3s reading the answer body"),
+        ("stall", "timeout after 1.0s reading the answer body"),
         ("short", "connection broke"),
     ):
         with pytest.raises(SearchError, match=msg) as e:
@@ -439,7 +440,7 @@ def test_body_stall_and_short_body_are_retried_then_reported(srv):
         assert e.value.retryable and srv.hits[route] == 3
     assert http.counters["retries"] == 4 and http.counters["failures"] == 2
 
-    w = web(srv, timeout_s=0.3, retries=2, call_timeout_s=10.0)  # an API call that hangs mid-body
+    w = web(srv, timeout_s=1.0, retries=2, call_timeout_s=10.0)  # an API call that hangs mid-body
     box, took = finishes_within(20.0, lambda: w.search_text("q", k=1))
     assert isinstance(box.get("error"), SearchError) and "reading the answer body" in str(box["error"])
     assert KEYS["SERPAPI_API_KEY"] not in str(box["error"])
