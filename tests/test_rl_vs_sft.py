@@ -138,18 +138,24 @@ def test_cli_names_a_wrong_stage_in_one_line(capsys):
     assert err.startswith("error: unknown stage or run ['train']") and err.count("\n") == 1
 
 
-def test_boundary_curve_follows_known_and_unknown_facts_over_steps(tmp_path):
-    rows = {"k": {"kind": "text_only", "known": True}, "u": {"kind": "text_only", "known": False},
-            "v": {"kind": "visual_knowledge", "known": True}}  # fmt: skip
+def test_boundary_curve_follows_text_searches_on_known_and_unknown_facts_over_steps(tmp_path):
+    rows = {"k": {"known": True}, "u": {"known": False}, "v": {"known": None}}  # v: a question with no fact
+    look_up = [{"role": "assistant"}, {"role": "tool", "name": "text_search"}, {"role": "assistant"}]
+    image_only = [{"role": "assistant"}, {"role": "tool", "name": "search"}, {"role": "assistant"}]
     lines = []
-    for step in range(1, 5):  # known facts: searched less and less; unknown: always
-        lines += [{"step": step, "data_id": "k", "searched": i < 4 - step} for i in range(4)]
-        lines += [{"step": step, "data_id": "u", "searched": True} for _ in range(4)]
-        lines += [{"step": step, "data_id": "v", "searched": True}]
+    for step in range(1, 5):  # known facts: looked up less and less; unknown: always
+        lines += [
+            {"step": step, "data_id": "k", "messages": look_up if i < 4 - step else image_only}
+            for i in range(4)
+        ]
+        lines += [{"step": step, "data_id": "u", "messages": look_up} for _ in range(4)]
+        lines += [{"step": step, "data_id": "v", "messages": look_up}]
     (tmp_path / "samples.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     curve = boundary_curve(tmp_path, rows, lambda r: r["known"], window=1)
     known = curve[curve.facts == "known"].search_rate.tolist()
     assert known == [0.75, 0.5, 0.25, 0.0] and set(curve[curve.facts == "unknown"].search_rate) == {1.0}
-    assert set(curve.rollouts) == {4}  # the visual question is not a text fact
+    assert set(curve.rollouts) == {
+        4
+    }  # the question without a fact is left out; an image search is not a look-up
     smooth = boundary_curve(tmp_path, rows, lambda r: r["known"], window=2)
     assert smooth[smooth.facts == "known"].search_rate.tolist() == [0.75, 0.625, 0.375, 0.125]

@@ -68,9 +68,11 @@ def summarize_run(records: list[dict], rows: dict[str, dict], knows, *, n_boot: 
 
 
 def boundary_curve(run_dir: str | Path, rows: dict[str, dict], knows, window: int = 10):
-    """Per GRPO step, the training rollouts' search rate on text facts the base model knows and on those it
-    does not (``samples.jsonl``; ``rows``: the RL rows by ``data_id``), as a rolling mean over ``window``
-    steps: a DataFrame with columns ``step``, ``facts`` (known / unknown), ``search_rate``, ``rollouts``."""
+    """Per GRPO step, the training rollouts' text-search rate on fact questions whose fact the base model
+    knows and on those it does not (``samples.jsonl``; ``rows``: the RL rows by ``data_id``; text-only and
+    image-then-fact questions alike, since the text search is the choice the fact makes), as a rolling mean
+    over ``window`` steps: a DataFrame with columns ``step``, ``facts`` (known / unknown), ``search_rate``,
+    ``rollouts``."""
     import pandas as pd
 
     from mmsearch_r1.data.schema import read_jsonl
@@ -78,15 +80,13 @@ def boundary_curve(run_dir: str | Path, rows: dict[str, dict], knows, window: in
     seen = []
     for s in read_jsonl(Path(run_dir) / "samples.jsonl", append_only=True):
         row = rows.get(s.get("data_id"))
-        if row is None or row["kind"] != "text_only" or knows(row) is None:
+        known = None if row is None else knows(row)
+        if known is None:
             continue
-        seen.append(
-            {
-                "step": s["step"],
-                "facts": "known" if knows(row) else "unknown",
-                "searched": bool(s["searched"]),
-            }
+        looked_up = any(
+            m.get("role") == "tool" and m.get("name") == "text_search" for m in s.get("messages") or []
         )
+        seen.append({"step": s["step"], "facts": "known" if known else "unknown", "searched": looked_up})
     if not seen:
         return pd.DataFrame(columns=["step", "facts", "search_rate", "rollouts"])
     per = pd.DataFrame(seen).groupby(["facts", "step"])["searched"].agg(["sum", "count"]).reset_index()
