@@ -19,7 +19,9 @@ output exists, so a killed or timed-out run resumes where it stopped (GRPO from 
    answers, in both wordings (`evaluation.evaluate`, one run folder per policy and wording).
 5. `report`: ``figures/rl_vs_sft.json`` and ``figures/rl_vs_sft.png``: per policy accuracy on demand with a
    95% bootstrap interval, RAG and direct accuracy, calls and share searched, and the search rate on text
-   facts the base model knows against those it does not (the probe's knowledge boundary).
+   facts the base model knows against those it does not (the probe's knowledge boundary). `table` and
+   `curves` (the text-search rate on known and unknown facts over GRPO steps) serve notebook 07;
+   ``StudyConfig(smoke=True)`` runs every stage with the tiny policy in about half a minute.
 
 What it does not: no new training or evaluation code (it calls `sft.warmstart`, `rl.train` and
 `evaluation.evaluate`); it never selects anything on the test split.
