@@ -157,6 +157,37 @@ def test_bad_backend_is_a_clear_error(tmp_path):
         evaluate(EvalConfig(backend="onnx", out_dir=str(tmp_path)), policy=(None, None), datasets={})
 
 
+def test_a_stopped_evaluation_resumes_at_the_method_it_was_on(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import mmsearch_r1.agent.rollout as rollout_module
+    from mmsearch_r1.rl.data import synthetic_rows
+
+    ran = []
+
+    def scripted(model, processor, rcfg):
+        ran.append(rcfg.method)
+        return ScriptedTurns(processor, ALWAYS_SEARCH)
+
+    monkeypatch.setattr(rollout_module, "HFGenerator", scripted)
+    rows = {"s": synthetic_rows(3)}
+    cfg = EvalConfig(name="r", policy="tiny", engine="synthetic", out_dir=str(tmp_path), progress=False,
+                     methods=["direct", "rag"])  # fmt: skip
+    evaluate(cfg, datasets=rows)
+    assert ran == ["direct", "rag"]
+    items = tmp_path / "r" / "eval_items.jsonl"
+    items.write_text("\n".join(items.read_text().splitlines()[:-1]) + "\n")  # killed inside "rag"
+    ran.clear()
+    result = evaluate(replace(cfg, methods=["direct", "rag", "on_demand"]), datasets=rows)
+    assert ran == ["rag", "on_demand"] and result["n_items"] == 9 == len(load_eval(tmp_path / "r")[1])
+    ran.clear()
+    evaluate(replace(cfg, max_new_tokens=20), datasets=rows)  # other settings: nothing is kept
+    assert ran == ["direct", "rag"]
+    ran.clear()
+    evaluate(replace(cfg, max_new_tokens=20, resume=False), datasets=rows)
+    assert ran == ["direct", "rag"]
+
+
 def test_search_settings_follow_the_training_run(tmp_path):
     from mmsearch_r1.policy.tiny import build_tiny_policy
     from mmsearch_r1.rl.data import synthetic_rows

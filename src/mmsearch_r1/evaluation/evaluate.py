@@ -95,6 +95,9 @@ class EvalConfig:
     """Parent folder of run folders."""
     progress: bool = True
     """Show progress bars."""
+    resume: bool = True
+    """Keep what an earlier, stopped run of the same settings and policy finished: every (dataset, method)
+    whose records are all in ``eval_items.jsonl`` is not run again. False: start over."""
 
     @property
     def run_dir(self) -> Path:
@@ -166,10 +169,40 @@ def make_eval_engines(config: EvalConfig):
     return make_train_engines(ns, run_dir=config.run_dir)
 
 
+def _append(path: Path, records: list[dict]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, default=str) + "\n")
+
+
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def run_key(cfg: EvalConfig) -> str:
+    """What an item record must have been made with to be kept by `EvalConfig.resume`: the settings that
+    change an answer, and the policy folder's ``config.json`` time (a retrained policy runs again)."""
+    import hashlib
+
+    skip = {"name", "out_dir", "progress", "resume", "methods", "datasets", "max_items", "judge_config"}
+    key = {k: v for k, v in asdict(cfg).items() if k not in skip}
+    conf = Path(str(cfg.policy)) / "config.json"
+    key["policy_time"] = conf.stat().st_mtime if conf.is_file() else None
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _finished(items_path: Path, key: str) -> dict[tuple[str, str], list[dict]]:
+    """The records of ``items_path`` made with ``key``, grouped by (benchmark, method)."""
+    from mmsearch_r1.data.schema import read_jsonl
+
+    groups: dict[tuple[str, str], list[dict]] = {}
+    if items_path.is_file():
+        for r in read_jsonl(items_path, append_only=True):
+            if r.get("run_key") == key:
+                groups.setdefault((r.get("benchmark"), r.get("method")), []).append(r)
+    return groups
 
 
 def evaluate(
@@ -192,6 +225,7 @@ def evaluate(
     t0 = time.perf_counter()
     if cfg.backend not in ("hf", "vllm"):
         raise ValueError(f"EvalConfig.backend must be 'hf' or 'vllm', got {cfg.backend!r}.")
+    named = policy is None and generator is None  # the policy is cfg.policy's: `EvalConfig.resume` may apply
     if policy is None and cfg.backend == "vllm" and generator is None:
         from mmsearch_r1.agent.rollout import RolloutConfig, VLLMGenerator
         from mmsearch_r1.policy.processor import load_processor
@@ -216,6 +250,8 @@ def evaluate(
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     items_path = run_dir / "eval_items.jsonl"
+    key = run_key(cfg)
+    earlier = _finished(items_path, key) if cfg.resume and named else {}
     items_path.write_text("", encoding="utf-8")
     judge = LLMJudge(cfg.judge_config) if cfg.judge else None
     cost = {"image_call_cost": cfg.image_call_cost, "text_call_cost": cfg.text_call_cost}
@@ -223,6 +259,11 @@ def evaluate(
     for label, ds in datasets.items():
         rows = [dict(r) for r in ds]
         for method in cfg.methods:
+            kept = earlier.get((label, method), [])
+            if kept and sorted(str(r.get("data_id")) for r in kept) == sorted(str(r.get("data_id")) for r in rows):
+                _append(items_path, kept)  # finished by an earlier run of the same settings
+                all_records.extend(kept)
+                continue
             rcfg = RolloutConfig(method=method, max_new_tokens=cfg.max_new_tokens,
                                  temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed,
                                  progress=cfg.progress)  # fmt: skip
@@ -231,9 +272,8 @@ def evaluate(
             recs = [score_record(r, benchmark=label) for r in recs]
             if judge is not None:
                 apply_judge(recs, judge, {r["data_id"]: r["image"] for r in rows}, progress=cfg.progress)
-            with items_path.open("a", encoding="utf-8") as f:
-                for r in recs:
-                    f.write(json.dumps({**r, "policy": cfg.policy}, default=str) + "\n")
+            recs = [{**r, "policy": cfg.policy, "run_key": key} for r in recs]
+            _append(items_path, recs)
             all_records.extend(recs)
     try:
         from mmsearch_r1.tools.engines import engine_stats
