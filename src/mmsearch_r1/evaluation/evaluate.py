@@ -260,7 +260,9 @@ def evaluate(
         rows = [dict(r) for r in ds]
         for method in cfg.methods:
             kept = earlier.get((label, method), [])
-            if kept and sorted(str(r.get("data_id")) for r in kept) == sorted(str(r.get("data_id")) for r in rows):
+            if kept and sorted(str(r.get("data_id")) for r in kept) == sorted(
+                str(r.get("data_id")) for r in rows
+            ):
                 _append(items_path, kept)  # finished by an earlier run of the same settings
                 all_records.extend(kept)
                 continue
