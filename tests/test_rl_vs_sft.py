@@ -54,6 +54,9 @@ def test_each_grpo_run_starts_from_its_warm_start_with_its_penalty_and_seed(tmp_
     runs = {label: train_config(cfg, label) for label, run in RUNS.items() if "penalty" in run}
     assert set(runs) == {"agnostic_grpo", "agnostic_grpo_seed1", "agnostic_grpo_p0", "labelled_grpo"}
     assert [runs[k].penalty for k in sorted(runs)] == [0.3, 0.0, 0.3, 0.3]
+    assert {r.penalty_mode for r in runs.values()} == {
+        "per_call"
+    }  # a text search after the image search costs
     assert runs["agnostic_grpo_seed1"].seed == 1 and runs["agnostic_grpo"].seed == 0
     assert runs["labelled_grpo"].model.endswith("labelled_ws/final") and runs[
         "agnostic_grpo_p0"

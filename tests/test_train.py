@@ -207,10 +207,12 @@ def test_grpo_run_writes_metrics_checkpoints_and_resumes(tmp_path):
 def test_sigterm_checkpoints_the_current_step_and_stops(tmp_path):
     from mmsearch_r1.rl.train import train
 
-    cfg = _tiny(tmp_path, max_steps=5, save_steps=100)
+    cfg = _tiny(tmp_path, max_steps=5, save_steps=100, save_final=True)
     result = train(cfg, callbacks=[SigtermAt(1)])
     assert [m["step"] for m in result.metrics] == [1]
     assert (cfg.run_dir / "checkpoint-1").is_dir()
+    # final/ means finished (resumable stages skip a run that has one): a stopped run writes none
+    assert result.summary["stopped_by_signal"] and not (cfg.run_dir / "final").exists()
 
 
 def test_tool_calls_reach_metrics_samples_and_rollout_images(tmp_path):

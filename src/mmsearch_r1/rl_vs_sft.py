@@ -65,10 +65,16 @@ class StudyConfig:
     """Share of the train split's entities kept for RL (the rest are the warm start's)."""
     train_wordings_per_row: int = 2
     """Training wordings per (entity, template) in the warm-start and RL rows."""
-    penalty: float = 0.3
+    penalty: float = 0.5
     """The search penalty of the GRPO runs with one. A direct answer pays when it is right more often
-    than (1 - penalty) times a search is: 0.1 asks for 90% recall, more than a 135M model has on what it
-    knows when it samples; 0.3 asks for 70%."""
+    than (1 - penalty) times a search is. The warm-started 135M policy answers about half of the facts its
+    language model knows right when it answers directly (its probe, in its own words, answers all of them):
+    0.1 asks for 90% of a search's accuracy, 0.3 for 70%, 0.5 for 50%, while an unknown fact (right about
+    one time in ten) still pays to look up."""
+    penalty_mode: str = "per_call"
+    """How the penalty counts searches (`protocol.rewards.penalty_factor`): ``per_call``, (1 - p) per search.
+    With the paper's ``once`` a text search after the image search that names the entity costs nothing more,
+    so the choice to look up a fact the model knows is never penalised on image-then-fact questions."""
     temperature: float = 0.7
     """Sampling temperature of GRPO's rollouts: at 1.0 the 135M model's recall of facts it knows falls
     to about half, so direct answers never pay; 0.7 keeps its knowledge usable while still exploring."""
@@ -165,7 +171,7 @@ def train_config(cfg: StudyConfig, label: str):
     run = RUNS[label]
     penalty = cfg.penalty if run["penalty"] is None else run["penalty"]
     smoke = {"engine": "local", "max_completion_length": 256} if cfg.smoke else {}
-    return preset("tiny" if cfg.smoke else "cpu_demo", **smoke, name=label, output_dir=str(Path(cfg.root) / label), seed=run["seed"], penalty=penalty,
+    return preset("tiny" if cfg.smoke else "cpu_demo", **smoke, name=label, output_dir=str(Path(cfg.root) / label), seed=run["seed"], penalty=penalty, penalty_mode=cfg.penalty_mode,
                   model=str(Path(cfg.root) / f"{run['warmstart']}_ws" / "final"),
                   dataset=str(cfg.data_dir / "pool"), dataset_split="rl_train", temperature=cfg.temperature,
                   max_steps=cfg.max_steps, prompts_per_step=cfg.prompts_per_step,
@@ -260,6 +266,7 @@ def report(cfg: StudyConfig, labels: list[str] | None = None, knows=None) -> dic
             run = RUNS[label]
             runs[label] = {**found["heldout"], "seed": run.get("seed", cfg.seed), "wording": "held-out",
                            "penalty": None if "penalty" not in run else (cfg.penalty if run["penalty"] is None else run["penalty"]),
+                           "penalty_mode": cfg.penalty_mode if "penalty" in run else None,
                            "original_templates": found.get("template")}  # fmt: skip
     out = {
         "what": "test entities never trained on, asked in held-out wordings (original_templates: the "

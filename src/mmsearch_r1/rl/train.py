@@ -247,7 +247,7 @@ def train(
     ``policy`` / ``rows`` / ``engines`` replace what the config would build (tests, notebooks).
     Resumes from the run folder's last checkpoint when ``resume="auto"``.
     """
-    from mmsearch_r1.rl.run_logging import read_metrics
+    from mmsearch_r1.rl.run_logging import GracefulStop, read_metrics
 
     cfg = coerce_config(config, **changes)
     resume_from = find_resume_checkpoint(cfg)
@@ -261,8 +261,12 @@ def train(
     trainer.train(resume_from_checkpoint=resume_from)
     metrics = read_metrics(cfg.run_dir / "metrics.jsonl")
     summary = summarize(metrics)
+    stop = next((c for c in trainer.callback_handler.callbacks if isinstance(c, GracefulStop)), None)
+    summary["stopped_by_signal"] = bool(stop and stop.requested)
     if _is_main():
-        if cfg.save_final:
+        if (
+            cfg.save_final and not summary["stopped_by_signal"]
+        ):  # final/ means finished: resumable stages skip it
             final = cfg.run_dir / "final"
             trainer.save_model(str(final))
             parts["policy"].processor.save_pretrained(str(final))
