@@ -101,3 +101,42 @@ def test_generation_copy_is_bf16_and_follows_the_trained_parameters_once_per_ste
     )
     with pytest.raises(ValueError, match="generation_copy must be"):
         copy_wanted("maybe", device="cpu", use_vllm=False, peft=False)
+
+
+@pytest.mark.parametrize("q_len", [1, 5])
+def test_fp32_attention_of_the_copy_equals_transformers_sdpa(q_len):
+    """Decoding with grouped key/value heads takes its own path (no copy of the cache per head): same numbers."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from mmsearch_r1.rl.generation_copy import sdpa_fp32
+
+    torch.manual_seed(0)
+    module = SimpleNamespace(num_key_value_groups=3, is_causal=True, training=False)
+    b, heads, kv_heads, length, d = 2, 9, 3, 11, 8
+    q = torch.randn(b, heads, q_len, d, dtype=torch.bfloat16)
+    k, v = (torch.randn(b, kv_heads, length, d, dtype=torch.bfloat16) for _ in range(2))
+    mask = torch.zeros(b, 1, q_len, length)
+    mask[0, ..., :4] = torch.finfo(torch.float32).min  # the first sequence left-padded by 4
+    mask += torch.triu(torch.full((q_len, length), torch.finfo(torch.float32).min), length - q_len + 1)
+    got, _ = sdpa_fp32(module, q, k, v, mask, dropout=0.0, scaling=d**-0.5)
+    want, _ = sdpa_attention_forward(
+        module, q.float(), k.float(), v.float(), mask, dropout=0.0, scaling=d**-0.5
+    )
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape == (b, q_len, heads, d)
+    torch.testing.assert_close(got.float(), want.to(torch.bfloat16).float(), rtol=0, atol=0)
+
+
+def test_the_copys_attention_masks_the_padding_of_a_batch():
+    """A left-padded sequence gets the logits it gets alone: transformers masks padding for the copy's
+    attention as it does for ``sdpa`` (it builds no mask for an attention it has no mask function for)."""
+    from mmsearch_r1.rl.generation_copy import ATTENTION
+
+    model, _ = build_tiny_policy(seed=2)
+    model.set_attn_implementation(ATTENTION)  # fp32: only the attention function differs from sdpa
+    ids = torch.randint(10, 200, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # the second sequence left-padded by 4
+    with torch.no_grad():
+        batch = model(input_ids=ids, attention_mask=mask).logits
+        alone = model(input_ids=ids[1:, 4:], attention_mask=mask[1:, 4:]).logits
+    torch.testing.assert_close(batch[1, 4:], alone[0], rtol=1e-4, atol=1e-4)

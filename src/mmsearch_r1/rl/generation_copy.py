@@ -22,16 +22,30 @@ import copy
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 ATTENTION = "mmsearch_sdpa_fp32"
 """The attention implementation of the copy (`sdpa_fp32`)."""
 
 
 def sdpa_fp32(module, query, key, value, attention_mask, **kwargs):
-    """transformers' ``sdpa`` attention computed in fp32, its output cast back to the inputs' dtype."""
+    """transformers' ``sdpa`` attention computed in fp32, its output cast back to the inputs' dtype.
+
+    When decoding (one query token) with grouped key/value heads, the query heads of a group attend to
+    their shared key/value head as rows of one product, instead of transformers' copying every cached
+    key and value once per query head (``repeat_kv``, which it does whenever a padding mask is given):
+    the same numbers without reading the cache three times per token."""
     dtype = query.dtype
     if attention_mask is not None and attention_mask.is_floating_point():
         attention_mask = attention_mask.float()
+    groups = getattr(module, "num_key_value_groups", 1)
+    if query.shape[2] == 1 and groups > 1 and kwargs.get("position_bias") is None:
+        b, h, _, d = query.shape
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query.float().reshape(b, h // groups, groups, d), key.float(), value.float(),
+            attn_mask=attention_mask, dropout_p=kwargs.get("dropout", 0.0), scale=kwargs.get("scaling"),
+        )  # fmt: skip
+        return out.reshape(b, h, 1, d).transpose(1, 2).to(dtype), None
     out, weights = sdpa_attention_forward(
         module, query.float(), key.float(), value.float(), attention_mask, **kwargs
     )
@@ -39,6 +53,9 @@ def sdpa_fp32(module, query, key, value, attention_mask, **kwargs):
 
 
 AttentionInterface.register(ATTENTION, sdpa_fp32)
+ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
+"""transformers builds no padding or causal mask for an attention it has no mask function for, so the
+copy's attention is given ``sdpa``'s (without it, left-padded sequences of a batch read the padding)."""
 
 
 def wanted(setting: str, *, device, use_vllm: bool, peft: bool) -> bool:
