@@ -108,7 +108,7 @@ def test_fp32_attention_of_the_copy_equals_transformers_sdpa(q_len):
     """Decoding with grouped key/value heads takes its own path (no copy of the cache per head): same numbers."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from mmsearch_r1.rl.generation_copy import sdpa_fp32
+    from mmsearch_r1.policy.bf16 import sdpa_fp32
 
     torch.manual_seed(0)
     module = SimpleNamespace(num_key_value_groups=3, is_causal=True, training=False)
@@ -129,7 +129,7 @@ def test_fp32_attention_of_the_copy_equals_transformers_sdpa(q_len):
 def test_the_copys_attention_masks_the_padding_of_a_batch():
     """A left-padded sequence gets the logits it gets alone: transformers masks padding for the copy's
     attention as it does for ``sdpa`` (it builds no mask for an attention it has no mask function for)."""
-    from mmsearch_r1.rl.generation_copy import ATTENTION
+    from mmsearch_r1.policy.bf16 import ATTENTION
 
     model, _ = build_tiny_policy(seed=2)
     model.set_attn_implementation(ATTENTION)  # fp32: only the attention function differs from sdpa
