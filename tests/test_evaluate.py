@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from search_fakes import ScriptedTurns
 
 from mmsearch_r1.evaluation.evaluate import (
@@ -186,6 +187,19 @@ def test_a_stopped_evaluation_resumes_at_the_method_it_was_on(tmp_path, monkeypa
     ran.clear()
     evaluate(replace(cfg, max_new_tokens=20, resume=False), datasets=rows)
     assert ran == ["direct", "rag"]
+
+
+def test_bf16_evaluation_generates_with_the_bf16_policy(tmp_path):
+    from mmsearch_r1.policy.bf16 import ATTENTION
+    from mmsearch_r1.policy.tiny import build_tiny_policy
+    from mmsearch_r1.rl.data import synthetic_rows
+
+    model, processor = build_tiny_policy()
+    cfg = EvalConfig(name="b", engine="synthetic", out_dir=str(tmp_path), progress=False, policy="tiny",
+                     methods=["direct"], bf16=True, max_new_tokens=8)  # fmt: skip
+    result = evaluate(cfg, policy=(model, processor), datasets={"s": synthetic_rows(2)})
+    assert result["n_items"] == 2 and result["config"]["bf16"]
+    assert model.dtype == torch.bfloat16 and model.config._attn_implementation == ATTENTION
 
 
 def test_search_settings_follow_the_training_run(tmp_path):
