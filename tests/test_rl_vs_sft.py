@@ -90,21 +90,25 @@ def test_summarize_run_reads_accuracy_calls_and_the_knowledge_boundary():
         "b": {"kind": "text_only", "entity_id": "y", "template": "capital_of"},  # unknown
         "c": {"kind": "text_only", "entity_id": "z", "template": "capital_of"},  # unknown
         "d": {"kind": "visual_knowledge", "entity_id": "x", "template": "flag_country"},
+        "e": {"kind": "textual_knowledge", "entity_id": "x", "template": "flag_capital"},  # known
+        "f": {"kind": "textual_knowledge", "entity_id": "y", "template": "flag_capital"},  # unknown
     }
     knows = lambda row: None if row["template"] == "flag_country" else row["entity_id"] == "x"  # noqa: E731
     recs = [_rec("a", "on_demand", True), _rec("b", "on_demand", True, text=1), _rec("c", "on_demand", False),
-            _rec("d", "on_demand", True, image=1),
-            *[_rec(k, "rag", True, image=1, text=1) for k in "abcd"], *[_rec(k, "direct", k == "a") for k in "abcd"]]  # fmt: skip
+            _rec("d", "on_demand", True, image=1), _rec("e", "on_demand", True, image=1),
+            _rec("f", "on_demand", True, image=1, text=1),
+            *[_rec(k, "rag", True, image=1, text=1) for k in "abcdef"], *[_rec(k, "direct", k == "a") for k in "abcdef"]]  # fmt: skip
     s = summarize_run(recs, rows, knows, n_boot=100, seed=0)
-    assert (s["n"], s["on_demand_acc"], s["rag_acc"], s["direct_acc"]) == (4, 75.0, 100.0, 25.0)
-    assert (s["calls_per_q"], s["rag_calls_per_q"], s["searched"]) == (0.5, 2.0, 0.5)
+    assert (s["n"], s["on_demand_acc"], s["rag_acc"], s["direct_acc"]) == (6, 83.33, 100.0, 16.67)
+    assert (s["calls_per_q"], s["rag_calls_per_q"], s["searched"]) == (0.833, 2.0, 0.667)
+    assert (s["image_fact_known_text_search_rate"], s["image_fact_unknown_text_search_rate"]) == (0.0, 1.0)
     assert (s["known_search_rate"], s["unknown_search_rate"], s["n_known"], s["n_unknown"]) == (
         0.0,
         0.5,
         1,
         2,
     )
-    assert s["on_demand_ci"][0] <= 75.0 <= s["on_demand_ci"][1]
+    assert s["on_demand_ci"][0] <= 83.33 <= s["on_demand_ci"][1]
 
 
 def test_report_writes_the_issue_shape_from_the_evaluations_that_exist(study, monkeypatch):

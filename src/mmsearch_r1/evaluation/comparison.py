@@ -36,7 +36,9 @@ def summarize_run(records: list[dict], rows: dict[str, dict], knows, *, n_boot: 
     """The report's numbers of one policy in one wording from its scored evaluation records.
 
     ``rows`` maps ``data_id`` to the test row (entity, template); ``knows(row)`` is the probe's verdict on
-    the row's fact, or None when the row asks for no fact."""
+    the row's fact, or None when the row asks for no fact. The knowledge boundary is read on text-only
+    questions (searched or not) and, as ``image_fact_*``, on image-then-fact questions (the fact looked up
+    with a text search after the image search, or not)."""
     by = {m: [r for r in records if r["method"] == m] for m in METHODS}
     od = by["on_demand"]
 
@@ -49,6 +51,12 @@ def summarize_run(records: list[dict], rows: dict[str, dict], knows, *, n_boot: 
     text = [(r, knows(rows[r["data_id"]])) for r in od if rows[r["data_id"]]["kind"] == "text_only"]
     known = [r for r, k in text if k is True]
     unknown = [r for r, k in text if k is False]
+    # image-then-fact questions: the image search names the entity; is the fact then looked up?
+    then = [(r, knows(rows[r["data_id"]])) for r in od if rows[r["data_id"]]["kind"] == "textual_knowledge"]
+
+    def looked_up(rs):
+        return round(sum(r["text_calls"] > 0 for r in rs) / len(rs), 3) if rs else None
+
     return {
         "n": len(od),
         "on_demand_acc": pct(od),
@@ -64,6 +72,8 @@ def summarize_run(records: list[dict], rows: dict[str, dict], knows, *, n_boot: 
         else None,
         "n_known": len(known),
         "n_unknown": len(unknown),
+        "image_fact_known_text_search_rate": looked_up([r for r, k in then if k is True]),
+        "image_fact_unknown_text_search_rate": looked_up([r for r, k in then if k is False]),
     }
 
 
