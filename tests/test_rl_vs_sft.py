@@ -146,7 +146,8 @@ def test_cli_names_a_wrong_stage_in_one_line(capsys):
 
 
 def test_boundary_curve_follows_text_searches_on_known_and_unknown_facts_over_steps(tmp_path):
-    rows = {"k": {"known": True}, "u": {"known": False}, "v": {"known": None}}  # v: a question with no fact
+    rows = {"k": {"known": True, "kind": "text_only"}, "u": {"known": False, "kind": "text_only"},
+            "v": {"known": None, "kind": "visual"}}  # v: a question with no fact
     look_up = [{"role": "assistant"}, {"role": "tool", "name": "text_search"}, {"role": "assistant"}]
     image_only = [{"role": "assistant"}, {"role": "tool", "name": "search"}, {"role": "assistant"}]
     lines = []
@@ -166,3 +167,14 @@ def test_boundary_curve_follows_text_searches_on_known_and_unknown_facts_over_st
     }  # the question without a fact is left out; an image search is not a look-up
     smooth = boundary_curve(tmp_path, rows, lambda r: r["known"], window=2)
     assert smooth[smooth.facts == "known"].search_rate.tolist() == [0.75, 0.625, 0.375, 0.125]
+    assert set(curve.kind) == {"text-only"}
+
+
+def test_boundary_curve_keeps_text_only_and_image_then_fact_questions_apart(tmp_path):
+    rows = {"t": {"known": True, "kind": "text_only"}, "i": {"known": True, "kind": "textual_knowledge"}}
+    look_up = [{"role": "tool", "name": "search"}, {"role": "tool", "name": "text_search"}]
+    answer = [{"role": "tool", "name": "search"}, {"role": "assistant"}]
+    lines = [{"step": 1, "data_id": "t", "messages": look_up}, {"step": 1, "data_id": "i", "messages": answer}]
+    (tmp_path / "samples.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    curve = boundary_curve(tmp_path, rows, lambda r: r["known"], window=1).set_index("kind")
+    assert curve.loc["text-only", "search_rate"] == 1.0 and curve.loc["image, then fact", "search_rate"] == 0.0

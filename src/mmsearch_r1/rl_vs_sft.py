@@ -298,7 +298,7 @@ def curves(cfg: StudyConfig, window: int = 10):
         k for k, r in RUNS.items() if "penalty" in r and (Path(cfg.root) / k / "samples.jsonl").is_file()
     ]
     if not found:
-        return pd.DataFrame(columns=["run", "step", "facts", "search_rate", "rollouts"])
+        return pd.DataFrame(columns=["run", "step", "kind", "facts", "search_rate", "rollouts"])
     cols = ["data_id", "entity_id", "template", "kind"]
     rows = {
         r["data_id"]: r

@@ -16,6 +16,8 @@ from pathlib import Path
 
 METHODS = ("on_demand", "rag", "direct")
 """The evaluation methods a comparison reads (`mmsearch_r1.agent.rollout`)."""
+KIND_NAMES = {"text_only": "text-only", "textual_knowledge": "image, then fact"}
+"""Readable names of the question kinds whose answer is a fact the base model may know."""
 
 
 def bootstrap_ci(values: list[float], n: int, seed: int) -> list[float]:
@@ -79,10 +81,10 @@ def summarize_run(records: list[dict], rows: dict[str, dict], knows, *, n_boot: 
 
 def boundary_curve(run_dir: str | Path, rows: dict[str, dict], knows, window: int = 10):
     """Per GRPO step, the training rollouts' text-search rate on fact questions whose fact the base model
-    knows and on those it does not (``samples.jsonl``; ``rows``: the RL rows by ``data_id``; text-only and
-    image-then-fact questions alike, since the text search is the choice the fact makes), as a rolling mean
-    over ``window`` steps: a DataFrame with columns ``step``, ``facts`` (known / unknown), ``search_rate``,
-    ``rollouts``."""
+    knows and on those it does not (``samples.jsonl``; ``rows``: the RL rows by ``data_id``), for text-only
+    questions and for image-then-fact ones (after the image search, is the fact looked up?) apart, as a
+    rolling mean over ``window`` of the steps that asked such questions: a DataFrame with columns ``step``,
+    ``kind`` (``KIND_NAMES``), ``facts`` (known / unknown), ``search_rate``, ``rollouts``."""
     import pandas as pd
 
     from mmsearch_r1.data.schema import read_jsonl
@@ -96,18 +98,20 @@ def boundary_curve(run_dir: str | Path, rows: dict[str, dict], knows, window: in
         looked_up = any(
             m.get("role") == "tool" and m.get("name") == "text_search" for m in s.get("messages") or []
         )
-        seen.append({"step": s["step"], "facts": "known" if known else "unknown", "searched": looked_up})
+        seen.append({"step": s["step"], "kind": KIND_NAMES.get(row.get("kind"), row.get("kind")),
+                     "facts": "known" if known else "unknown", "searched": looked_up})  # fmt: skip
     if not seen:
-        return pd.DataFrame(columns=["step", "facts", "search_rate", "rollouts"])
-    per = pd.DataFrame(seen).groupby(["facts", "step"])["searched"].agg(["sum", "count"]).reset_index()
+        return pd.DataFrame(columns=["step", "kind", "facts", "search_rate", "rollouts"])
+    per = pd.DataFrame(seen).groupby(["kind", "facts", "step"])["searched"].agg(["sum", "count"]).reset_index()
     out = []
-    for facts, g in per.groupby("facts"):
+    for (kind, facts), g in per.groupby(["kind", "facts"]):
         g = g.sort_values("step")
         hits, n = (
             g["sum"].rolling(window, min_periods=1).sum(),
             g["count"].rolling(window, min_periods=1).sum(),
         )
-        out.append(pd.DataFrame({"step": g["step"], "facts": facts, "search_rate": hits / n, "rollouts": n}))
+        out.append(pd.DataFrame({"step": g["step"], "kind": kind, "facts": facts,
+                                 "search_rate": hits / n, "rollouts": n}))  # fmt: skip
     return pd.concat(out, ignore_index=True)
 
 
@@ -143,16 +147,23 @@ def plot(result: dict, path: Path) -> None:
 
 
 def plot_curves(curves, path: Path) -> None:
-    """The search rate on known and unknown text facts over GRPO steps, one panel per run (seaborn)."""
+    """The text-search rate on known and unknown facts over GRPO steps, one panel per run and question
+    kind (seaborn)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    runs = list(dict.fromkeys(curves["run"]))
-    fig, axes = plt.subplots(1, max(len(runs), 1), figsize=(4.5 * max(len(runs), 1), 3.6), squeeze=False)
-    for ax, run in zip(axes[0], runs, strict=False):
-        sns.lineplot(curves[curves["run"] == run], x="step", y="search_rate", hue="facts", ax=ax)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(run)
+    runs, kinds = list(dict.fromkeys(curves["run"])), sorted(set(curves["kind"]))
+    shape = (max(len(kinds), 1), max(len(runs), 1))
+    fig, axes = plt.subplots(*shape, figsize=(4.5 * shape[1], 3.4 * shape[0]), squeeze=False)
+    for i, kind in enumerate(kinds):
+        for j, run in enumerate(runs):
+            ax = axes[i][j]
+            part = curves[(curves["run"] == run) & (curves["kind"] == kind)]
+            if len(part):
+                sns.lineplot(part, x="step", y="search_rate", hue="facts", hue_order=["known", "unknown"], ax=ax)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title(f"{run}: {kind}")
+            ax.set_ylabel("text-search rate")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
