@@ -79,7 +79,8 @@ class StudyConfig:
     """Sampling temperature of GRPO's rollouts: at 1.0 the 135M model's recall of facts it knows falls
     to about half, so direct answers never pay; 0.7 keeps its knowledge usable while still exploring."""
     max_steps: int = 150
-    """GRPO steps per run (about 20 s each for 8 rollouts on 2 cores)."""
+    """GRPO steps per run (8 rollouts a step; a step takes about half a minute on one of the 2 cores, so two
+    runs go side by side: times in docs/results.md)."""
     prompts_per_step: int = 2
     """Questions per GRPO step."""
     num_generations: int = 4
@@ -88,8 +89,8 @@ class StudyConfig:
     """Checkpoint every this many steps (a stopped run resumes from the last)."""
     eval_items: int | None = 300
     """Test questions per wording (a seeded sample: the same questions in both wordings); None: all 472.
-    Each policy answers every question three ways (on demand, RAG, direct) in two wordings: at about a
-    second per answer on 2 cores, 300 questions are 30 minutes a policy."""
+    Each policy answers every question three ways (on demand, RAG, direct) in two wordings: 300 questions
+    take about half an hour per wording on one core."""
     eval_batch_size: int = 16
     """Sequences per generate call in the evaluation."""
     bootstrap: int = 1000
