@@ -9,7 +9,7 @@ import pytest
 
 from mmsearch_r1 import rl_vs_sft
 from mmsearch_r1.data.world.build import WorldConfig, build_world
-from mmsearch_r1.evaluation.comparison import bootstrap_ci, boundary_curve, summarize_run
+from mmsearch_r1.evaluation.comparison import bootstrap_ci, boundary_curve, choice_payoffs, summarize_run
 from mmsearch_r1.rl_vs_sft import RUNS, StudyConfig, train_config
 
 
@@ -146,8 +146,11 @@ def test_cli_names_a_wrong_stage_in_one_line(capsys):
 
 
 def test_boundary_curve_follows_text_searches_on_known_and_unknown_facts_over_steps(tmp_path):
-    rows = {"k": {"known": True, "kind": "text_only"}, "u": {"known": False, "kind": "text_only"},
-            "v": {"known": None, "kind": "visual"}}  # v: a question with no fact
+    rows = {
+        "k": {"known": True, "kind": "text_only"},
+        "u": {"known": False, "kind": "text_only"},
+        "v": {"known": None, "kind": "visual"},
+    }  # v: a question with no fact
     look_up = [{"role": "assistant"}, {"role": "tool", "name": "text_search"}, {"role": "assistant"}]
     image_only = [{"role": "assistant"}, {"role": "tool", "name": "search"}, {"role": "assistant"}]
     lines = []
@@ -174,7 +177,31 @@ def test_boundary_curve_keeps_text_only_and_image_then_fact_questions_apart(tmp_
     rows = {"t": {"known": True, "kind": "text_only"}, "i": {"known": True, "kind": "textual_knowledge"}}
     look_up = [{"role": "tool", "name": "search"}, {"role": "tool", "name": "text_search"}]
     answer = [{"role": "tool", "name": "search"}, {"role": "assistant"}]
-    lines = [{"step": 1, "data_id": "t", "messages": look_up}, {"step": 1, "data_id": "i", "messages": answer}]
+    lines = [
+        {"step": 1, "data_id": "t", "messages": look_up},
+        {"step": 1, "data_id": "i", "messages": answer},
+    ]
     (tmp_path / "samples.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     curve = boundary_curve(tmp_path, rows, lambda r: r["known"], window=1).set_index("kind")
-    assert curve.loc["text-only", "search_rate"] == 1.0 and curve.loc["image, then fact", "search_rate"] == 0.0
+    assert (
+        curve.loc["text-only", "search_rate"] == 1.0 and curve.loc["image, then fact", "search_rate"] == 0.0
+    )
+
+
+def test_choice_payoffs_say_what_looking_up_and_answering_earned_per_fact(tmp_path):
+    rows = {"k": {"known": True, "kind": "text_only"}, "u": {"known": False, "kind": "text_only"}}
+    look_up = [{"role": "tool", "name": "text_search"}]
+    lines = [
+        {"step": 1, "data_id": "k", "messages": look_up, "em": True, "reward": 0.55},
+        {"step": 1, "data_id": "k", "messages": [], "em": True, "reward": 1.0},
+        {"step": 2, "data_id": "k", "messages": [], "em": False, "reward": 0.1},
+        {"step": 2, "data_id": "u", "messages": look_up, "em": False, "reward": 0.1},
+    ]
+    (tmp_path / "samples.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    t = choice_payoffs(tmp_path, rows, lambda r: r["known"]).set_index(["facts", "choice"])
+    assert t.loc[("known", "answered"), ["rollouts", "accuracy", "mean_reward"]].tolist() == [2, 0.5, 0.55]
+    assert (
+        t.loc[("known", "looked up"), "mean_reward"] == 0.55
+        and t.loc[("unknown", "looked up"), "rollouts"] == 1
+    )
+    assert choice_payoffs(tmp_path, rows, lambda r: r["known"], steps=(2, 2)).rollouts.sum() == 2

@@ -20,7 +20,8 @@ output exists, so a killed or timed-out run resumes where it stopped (GRPO from 
 5. `report`: ``figures/rl_vs_sft.json`` and ``figures/rl_vs_sft.png``: per policy accuracy on demand with a
    95% bootstrap interval, RAG and direct accuracy, calls and share searched, and the search rate on text
    facts the base model knows against those it does not (the probe's knowledge boundary). `table` and
-   `curves` (the text-search rate on known and unknown facts over GRPO steps) serve notebook 07;
+   `curves` (the text-search rate on known and unknown facts over GRPO steps) and `payoffs` (what looking a
+   fact up or answering it earned in training) serve notebook 07;
    ``StudyConfig(smoke=True)`` runs every stage with the tiny policy in about half a minute.
 
 What it does not: no new training or evaluation code (it calls `sft.warmstart`, `rl.train` and
@@ -287,27 +288,48 @@ def report(cfg: StudyConfig, labels: list[str] | None = None, knows=None) -> dic
     return out
 
 
+def _training_rows(cfg: StudyConfig) -> dict[str, dict]:
+    """The RL rows (entity, template, kind) by ``data_id``, as the training samples name them."""
+    import datasets
+
+    cols = ["data_id", "entity_id", "template", "kind"]
+    pool = datasets.load_from_disk(str(cfg.data_dir / "pool"))
+    return {r["data_id"]: r for r in pool["rl_train"].select_columns(cols)}
+
+
+def _grpo_runs_with_samples(cfg: StudyConfig) -> list[str]:
+    return [k for k, r in RUNS.items() if "penalty" in r and (Path(cfg.root) / k / "samples.jsonl").is_file()]
+
+
 def curves(cfg: StudyConfig, window: int = 10):
     """`evaluation.comparison.boundary_curve` of every GRPO run that has training samples, with a ``run``
     column (an empty DataFrame when none has)."""
-    import datasets
     import pandas as pd
 
     from mmsearch_r1.evaluation.comparison import boundary_curve
 
-    found = [
-        k for k, r in RUNS.items() if "penalty" in r and (Path(cfg.root) / k / "samples.jsonl").is_file()
-    ]
+    found = _grpo_runs_with_samples(cfg)
     if not found:
         return pd.DataFrame(columns=["run", "step", "kind", "facts", "search_rate", "rollouts"])
-    cols = ["data_id", "entity_id", "template", "kind"]
-    rows = {
-        r["data_id"]: r
-        for r in datasets.load_from_disk(str(cfg.data_dir / "pool"))["rl_train"].select_columns(cols)
-    }
-    knows = _knowledge(cfg)
+    rows, knows = _training_rows(cfg), _knowledge(cfg)
     parts = [boundary_curve(Path(cfg.root) / k, rows, knows, window).assign(run=k) for k in found]
     return pd.concat(parts, ignore_index=True)
+
+
+def payoffs(cfg: StudyConfig, steps: tuple[int, int] | None = None):
+    """`evaluation.comparison.choice_payoffs` of every GRPO run that has training samples (what looking a
+    fact up or answering it earned), with a ``run`` column."""
+    import pandas as pd
+
+    from mmsearch_r1.evaluation.comparison import choice_payoffs
+
+    found = _grpo_runs_with_samples(cfg)
+    if not found:
+        return pd.DataFrame(columns=["run", "kind", "facts", "choice", "rollouts", "accuracy", "mean_reward"])
+    rows, knows = _training_rows(cfg), _knowledge(cfg)
+    parts = [choice_payoffs(Path(cfg.root) / k, rows, knows, steps).assign(run=k) for k in found]
+    return pd.concat(parts, ignore_index=True)[["run", "kind", "facts", "choice", "rollouts", "accuracy",
+                                               "mean_reward"]]  # fmt: skip
 
 
 def table(result: dict):

@@ -3,8 +3,9 @@
 What it does: `summarize_run` turns one policy's scored evaluation records (on demand, RAG, direct) into
 accuracy with a 95% bootstrap interval (`bootstrap_ci`), calls and share of questions searched, and the
 search rate on text facts the base language model knows against those it does not (its knowledge
-boundary); `boundary_curve` follows that search rate over GRPO steps in a run's training samples;
-`plot` draws the comparison with seaborn.
+boundary); `boundary_curve` follows that search rate over GRPO steps in a run's training samples and
+`choice_payoffs` says what looking a fact up or answering it earned there; `plot` draws the comparison
+with seaborn.
 
 What it does not: no rollouts, no training, no files besides the figure (`mmsearch_r1.rl_vs_sft` runs
 and writes the comparison).
@@ -102,7 +103,9 @@ def boundary_curve(run_dir: str | Path, rows: dict[str, dict], knows, window: in
                      "facts": "known" if known else "unknown", "searched": looked_up})  # fmt: skip
     if not seen:
         return pd.DataFrame(columns=["step", "kind", "facts", "search_rate", "rollouts"])
-    per = pd.DataFrame(seen).groupby(["kind", "facts", "step"])["searched"].agg(["sum", "count"]).reset_index()
+    per = (
+        pd.DataFrame(seen).groupby(["kind", "facts", "step"])["searched"].agg(["sum", "count"]).reset_index()
+    )
     out = []
     for (kind, facts), g in per.groupby(["kind", "facts"]):
         g = g.sort_values("step")
@@ -113,6 +116,36 @@ def boundary_curve(run_dir: str | Path, rows: dict[str, dict], knows, window: in
         out.append(pd.DataFrame({"step": g["step"], "kind": kind, "facts": facts,
                                  "search_rate": hits / n, "rollouts": n}))  # fmt: skip
     return pd.concat(out, ignore_index=True)
+
+
+def choice_payoffs(run_dir: str | Path, rows: dict[str, dict], knows, steps: tuple[int, int] | None = None):
+    """What each choice earned in a GRPO run's training rollouts (``samples.jsonl``): per question kind
+    (``KIND_NAMES``), known or unknown fact, and choice (``looked up`` with a text search, or ``answered``
+    without), the rollouts, their accuracy and mean reward, over ``steps`` (first, last; all when None).
+    GRPO moves the policy towards the choice with the higher reward within a question's group, so this
+    table says which way the penalty pushes and how often the other choice was even tried."""
+    import pandas as pd
+
+    from mmsearch_r1.data.schema import read_jsonl
+
+    seen = []
+    for s in read_jsonl(Path(run_dir) / "samples.jsonl", append_only=True):
+        row = rows.get(s.get("data_id"))
+        known = None if row is None else knows(row)
+        if known is None or (steps and not steps[0] <= s["step"] <= steps[1]):
+            continue
+        looked_up = any(
+            m.get("role") == "tool" and m.get("name") == "text_search" for m in s.get("messages") or []
+        )
+        seen.append({"kind": KIND_NAMES.get(row.get("kind"), row.get("kind")),
+                     "facts": "known" if known else "unknown", "choice": "looked up" if looked_up else "answered",
+                     "em": float(bool(s.get("em"))), "reward": float(s.get("reward") or 0.0)})  # fmt: skip
+    cols = ["kind", "facts", "choice"]
+    if not seen:
+        return pd.DataFrame(columns=[*cols, "rollouts", "accuracy", "mean_reward"])
+    g = pd.DataFrame(seen).groupby(cols)
+    out = g.size().rename("rollouts").to_frame().join(g["em"].mean().rename("accuracy"))
+    return out.join(g["reward"].mean().rename("mean_reward")).round(3).reset_index()
 
 
 def plot(result: dict, path: Path) -> None:
@@ -160,7 +193,9 @@ def plot_curves(curves, path: Path) -> None:
             ax = axes[i][j]
             part = curves[(curves["run"] == run) & (curves["kind"] == kind)]
             if len(part):
-                sns.lineplot(part, x="step", y="search_rate", hue="facts", hue_order=["known", "unknown"], ax=ax)
+                sns.lineplot(
+                    part, x="step", y="search_rate", hue="facts", hue_order=["known", "unknown"], ax=ax
+                )
             ax.set_ylim(-0.02, 1.02)
             ax.set_title(f"{run}: {kind}")
             ax.set_ylabel("text-search rate")
