@@ -9,7 +9,13 @@ import pytest
 
 from mmsearch_r1 import rl_vs_sft
 from mmsearch_r1.data.world.build import WorldConfig, build_world
-from mmsearch_r1.evaluation.comparison import bootstrap_ci, boundary_curve, choice_payoffs, summarize_run
+from mmsearch_r1.evaluation.comparison import (
+    bootstrap_ci,
+    boundary_curve,
+    choice_payoffs,
+    fact_rollouts,
+    summarize_run,
+)
 from mmsearch_r1.rl_vs_sft import RUNS, StudyConfig, train_config
 
 
@@ -162,13 +168,14 @@ def test_boundary_curve_follows_text_searches_on_known_and_unknown_facts_over_st
         lines += [{"step": step, "data_id": "u", "messages": look_up} for _ in range(4)]
         lines += [{"step": step, "data_id": "v", "messages": look_up}]
     (tmp_path / "samples.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    curve = boundary_curve(tmp_path, rows, lambda r: r["known"], window=1)
+    seen = fact_rollouts(tmp_path, rows, lambda r: r["known"])
+    curve = boundary_curve(seen, window=1)
     known = curve[curve.facts == "known"].search_rate.tolist()
     assert known == [0.75, 0.5, 0.25, 0.0] and set(curve[curve.facts == "unknown"].search_rate) == {1.0}
     assert set(curve.rollouts) == {
         4
     }  # the question without a fact is left out; an image search is not a look-up
-    smooth = boundary_curve(tmp_path, rows, lambda r: r["known"], window=2)
+    smooth = boundary_curve(seen, window=2)
     assert smooth[smooth.facts == "known"].search_rate.tolist() == [0.75, 0.625, 0.375, 0.125]
     assert set(curve.kind) == {"text-only"}
 
@@ -182,7 +189,7 @@ def test_boundary_curve_keeps_text_only_and_image_then_fact_questions_apart(tmp_
         {"step": 1, "data_id": "i", "messages": answer},
     ]
     (tmp_path / "samples.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    curve = boundary_curve(tmp_path, rows, lambda r: r["known"], window=1).set_index("kind")
+    curve = boundary_curve(fact_rollouts(tmp_path, rows, lambda r: r["known"]), window=1).set_index("kind")
     assert (
         curve.loc["text-only", "search_rate"] == 1.0 and curve.loc["image, then fact", "search_rate"] == 0.0
     )
@@ -198,10 +205,11 @@ def test_choice_payoffs_say_what_looking_up_and_answering_earned_per_fact(tmp_pa
         {"step": 2, "data_id": "u", "messages": look_up, "em": False, "reward": 0.1},
     ]
     (tmp_path / "samples.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    t = choice_payoffs(tmp_path, rows, lambda r: r["known"]).set_index(["facts", "choice"])
+    seen = fact_rollouts(tmp_path, rows, lambda r: r["known"])
+    t = choice_payoffs(seen).set_index(["facts", "choice"])
     assert t.loc[("known", "answered"), ["rollouts", "accuracy", "mean_reward"]].tolist() == [2, 0.5, 0.55]
     assert (
         t.loc[("known", "looked up"), "mean_reward"] == 0.55
         and t.loc[("unknown", "looked up"), "rollouts"] == 1
     )
-    assert choice_payoffs(tmp_path, rows, lambda r: r["known"], steps=(2, 2)).rollouts.sum() == 2
+    assert choice_payoffs(seen, steps=(2, 2)).rollouts.sum() == 2

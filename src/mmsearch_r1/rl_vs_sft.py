@@ -21,7 +21,7 @@ output exists, so a killed or timed-out run resumes where it stopped (GRPO from 
    95% bootstrap interval, RAG and direct accuracy, calls and share searched, and the search rate on text
    facts the base model knows against those it does not (the probe's knowledge boundary). `table` and
    `curves` (the text-search rate on known and unknown facts over GRPO steps) and `payoffs` (what looking a
-   fact up or answering it earned in training) serve notebook 07;
+   fact up or answering it earned in training), both from `training_rollouts`, serve notebook 07;
    ``StudyConfig(smoke=True)`` runs every stage with the tiny policy in about half a minute.
 
 What it does not: no new training or evaluation code (it calls `sft.warmstart`, `rl.train` and
@@ -31,6 +31,7 @@ What it does not: no new training or evaluation code (it calls `sft.warmstart`, 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import time
@@ -218,19 +219,23 @@ def eval_stage(cfg: StudyConfig, label: str, wording: str) -> Path:
 
 
 def _knowledge(cfg: StudyConfig):
-    """The base demo policy's probed knowledge (cached), as ``knows(row)``: True, False or None."""
+    """The base demo policy's probed knowledge, as ``knows(row)``: True, False or None (probed once per
+    process: the report and the training curves read the same verdicts)."""
+    return _probed(cfg.smoke)
+
+
+@functools.cache
+def _probed(smoke: bool):
     from mmsearch_r1.data.world.build import build_world
     from mmsearch_r1.policy.demo import cache_root
     from mmsearch_r1.policy.load import load_policy
     from mmsearch_r1.sft.config import WarmStartConfig
     from mmsearch_r1.sft.trajectories import FACT_OF_TEMPLATE, probe_knowledge
 
-    base = load_policy("tiny" if cfg.smoke else "demo")
-    probe = (
-        WarmStartConfig(smoke=cfg.smoke).shrink_for_smoke().probe if cfg.smoke else WarmStartConfig().probe
-    )
+    base = load_policy("tiny" if smoke else "demo")
+    probe = WarmStartConfig(smoke=smoke).shrink_for_smoke().probe if smoke else WarmStartConfig().probe
     knowledge = probe_knowledge(base.model, base.tokenizer, build_world(), probe,
-                                cache_dir=None if cfg.smoke else cache_root())  # fmt: skip
+                                cache_dir=None if smoke else cache_root())  # fmt: skip
     del base
 
     def knows(row: dict) -> bool | None:
@@ -288,48 +293,47 @@ def report(cfg: StudyConfig, labels: list[str] | None = None, knows=None) -> dic
     return out
 
 
-def _training_rows(cfg: StudyConfig) -> dict[str, dict]:
-    """The RL rows (entity, template, kind) by ``data_id``, as the training samples name them."""
+def training_rollouts(cfg: StudyConfig) -> dict[str, list[dict]]:
+    """`evaluation.comparison.fact_rollouts` of every GRPO run that has training samples, by label (the
+    RL rows and the probe read once for all): the input of `curves` and `payoffs`."""
     import datasets
 
+    from mmsearch_r1.evaluation.comparison import fact_rollouts
+
+    found = [
+        k for k, r in RUNS.items() if "penalty" in r and (Path(cfg.root) / k / "samples.jsonl").is_file()
+    ]
+    if not found:
+        return {}
     cols = ["data_id", "entity_id", "template", "kind"]
     pool = datasets.load_from_disk(str(cfg.data_dir / "pool"))
-    return {r["data_id"]: r for r in pool["rl_train"].select_columns(cols)}
+    rows = {r["data_id"]: r for r in pool["rl_train"].select_columns(cols)}
+    knows = _knowledge(cfg)
+    return {k: fact_rollouts(Path(cfg.root) / k, rows, knows) for k in found}
 
 
-def _grpo_runs_with_samples(cfg: StudyConfig) -> list[str]:
-    return [k for k, r in RUNS.items() if "penalty" in r and (Path(cfg.root) / k / "samples.jsonl").is_file()]
-
-
-def curves(cfg: StudyConfig, window: int = 10):
-    """`evaluation.comparison.boundary_curve` of every GRPO run that has training samples, with a ``run``
-    column (an empty DataFrame when none has)."""
+def curves(rollouts: dict[str, list[dict]], window: int = 10):
+    """`evaluation.comparison.boundary_curve` of every run in ``rollouts`` (`training_rollouts`), with a
+    ``run`` column (an empty DataFrame when there is none)."""
     import pandas as pd
 
     from mmsearch_r1.evaluation.comparison import boundary_curve
 
-    found = _grpo_runs_with_samples(cfg)
-    if not found:
-        return pd.DataFrame(columns=["run", "step", "kind", "facts", "search_rate", "rollouts"])
-    rows, knows = _training_rows(cfg), _knowledge(cfg)
-    parts = [boundary_curve(Path(cfg.root) / k, rows, knows, window).assign(run=k) for k in found]
-    return pd.concat(parts, ignore_index=True)
+    parts = [boundary_curve(seen, window).assign(run=k) for k, seen in rollouts.items()]
+    empty = pd.DataFrame(columns=["run", "step", "kind", "facts", "search_rate", "rollouts"])
+    return pd.concat(parts, ignore_index=True) if parts else empty
 
 
-def payoffs(cfg: StudyConfig, steps: tuple[int, int] | None = None):
-    """`evaluation.comparison.choice_payoffs` of every GRPO run that has training samples (what looking a
-    fact up or answering it earned), with a ``run`` column."""
+def payoffs(rollouts: dict[str, list[dict]], steps: tuple[int, int] | None = None):
+    """`evaluation.comparison.choice_payoffs` of every run in ``rollouts`` (what looking a fact up or
+    answering it earned), with a ``run`` column."""
     import pandas as pd
 
     from mmsearch_r1.evaluation.comparison import choice_payoffs
 
-    found = _grpo_runs_with_samples(cfg)
-    if not found:
-        return pd.DataFrame(columns=["run", "kind", "facts", "choice", "rollouts", "accuracy", "mean_reward"])
-    rows, knows = _training_rows(cfg), _knowledge(cfg)
-    parts = [choice_payoffs(Path(cfg.root) / k, rows, knows, steps).assign(run=k) for k in found]
-    return pd.concat(parts, ignore_index=True)[["run", "kind", "facts", "choice", "rollouts", "accuracy",
-                                               "mean_reward"]]  # fmt: skip
+    cols = ["run", "kind", "facts", "choice", "rollouts", "accuracy", "mean_reward"]
+    parts = [choice_payoffs(seen, steps).assign(run=k) for k, seen in rollouts.items()]
+    return pd.concat(parts, ignore_index=True)[cols] if parts else pd.DataFrame(columns=cols)
 
 
 def table(result: dict):

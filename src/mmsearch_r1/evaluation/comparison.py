@@ -3,8 +3,8 @@
 What it does: `summarize_run` turns one policy's scored evaluation records (on demand, RAG, direct) into
 accuracy with a 95% bootstrap interval (`bootstrap_ci`), calls and share of questions searched, and the
 search rate on text facts the base language model knows against those it does not (its knowledge
-boundary); `boundary_curve` follows that search rate over GRPO steps in a run's training samples and
-`choice_payoffs` says what looking a fact up or answering it earned there; `plot` draws the comparison
+boundary); from a GRPO run's training samples (`fact_rollouts`), `boundary_curve` follows that search
+rate over steps and `choice_payoffs` says what looking a fact up or answering it earned; `plot` draws the comparison
 with seaborn.
 
 What it does not: no rollouts, no training, no files besides the figure (`mmsearch_r1.rl_vs_sft` runs
@@ -80,14 +80,11 @@ def summarize_run(records: list[dict], rows: dict[str, dict], knows, *, n_boot: 
     }
 
 
-def boundary_curve(run_dir: str | Path, rows: dict[str, dict], knows, window: int = 10):
-    """Per GRPO step, the training rollouts' text-search rate on fact questions whose fact the base model
-    knows and on those it does not (``samples.jsonl``; ``rows``: the RL rows by ``data_id``), for text-only
-    questions and for image-then-fact ones (after the image search, is the fact looked up?) apart, as a
-    rolling mean over ``window`` of the steps that asked such questions: a DataFrame with columns ``step``,
-    ``kind`` (``KIND_NAMES``), ``facts`` (known / unknown), ``search_rate``, ``rollouts``."""
-    import pandas as pd
-
+def fact_rollouts(run_dir: str | Path, rows: dict[str, dict], knows) -> list[dict]:
+    """The training rollouts of a GRPO run (``samples.jsonl``) that ask for a fact the base model's probe
+    has a verdict on (``rows``: the RL rows by ``data_id``), one dict each: ``step``, ``kind``
+    (``KIND_NAMES``), ``facts`` (known / unknown), ``looked_up`` (a text search was made; an image search
+    is not a look-up), ``em``, ``reward``."""
     from mmsearch_r1.data.schema import read_jsonl
 
     seen = []
@@ -100,11 +97,23 @@ def boundary_curve(run_dir: str | Path, rows: dict[str, dict], knows, window: in
             m.get("role") == "tool" and m.get("name") == "text_search" for m in s.get("messages") or []
         )
         seen.append({"step": s["step"], "kind": KIND_NAMES.get(row.get("kind"), row.get("kind")),
-                     "facts": "known" if known else "unknown", "searched": looked_up})  # fmt: skip
+                     "facts": "known" if known else "unknown", "looked_up": looked_up,
+                     "em": float(bool(s.get("em"))), "reward": float(s.get("reward") or 0.0)})  # fmt: skip
+    return seen
+
+
+def boundary_curve(seen: list[dict], window: int = 10):
+    """Per GRPO step, the text-search rate of `fact_rollouts` ``seen`` on facts the base model knows and on
+    those it does not, for text-only questions and for image-then-fact ones (after the image search, is
+    the fact looked up?) apart, as a rolling mean over ``window`` of the steps that asked such questions:
+    a DataFrame with columns ``step``, ``kind``, ``facts`` (known / unknown), ``search_rate``,
+    ``rollouts``."""
+    import pandas as pd
+
     if not seen:
         return pd.DataFrame(columns=["step", "kind", "facts", "search_rate", "rollouts"])
     per = (
-        pd.DataFrame(seen).groupby(["kind", "facts", "step"])["searched"].agg(["sum", "count"]).reset_index()
+        pd.DataFrame(seen).groupby(["kind", "facts", "step"])["looked_up"].agg(["sum", "count"]).reset_index()
     )
     out = []
     for (kind, facts), g in per.groupby(["kind", "facts"]):
@@ -118,32 +127,21 @@ def boundary_curve(run_dir: str | Path, rows: dict[str, dict], knows, window: in
     return pd.concat(out, ignore_index=True)
 
 
-def choice_payoffs(run_dir: str | Path, rows: dict[str, dict], knows, steps: tuple[int, int] | None = None):
-    """What each choice earned in a GRPO run's training rollouts (``samples.jsonl``): per question kind
-    (``KIND_NAMES``), known or unknown fact, and choice (``looked up`` with a text search, or ``answered``
-    without), the rollouts, their accuracy and mean reward, over ``steps`` (first, last; all when None).
-    GRPO moves the policy towards the choice with the higher reward within a question's group, so this
-    table says which way the penalty pushes and how often the other choice was even tried."""
+def choice_payoffs(seen: list[dict], steps: tuple[int, int] | None = None):
+    """What each choice earned among `fact_rollouts` ``seen``: per question kind, known or unknown fact,
+    and choice (``looked up`` with a text search, or ``answered`` without), the rollouts, their accuracy
+    and mean reward, over ``steps`` (first, last; all when None). GRPO moves the policy towards the choice
+    with the higher reward within a question's group, so this table says which way the penalty pushes and
+    how often the other choice was even tried."""
     import pandas as pd
 
-    from mmsearch_r1.data.schema import read_jsonl
-
-    seen = []
-    for s in read_jsonl(Path(run_dir) / "samples.jsonl", append_only=True):
-        row = rows.get(s.get("data_id"))
-        known = None if row is None else knows(row)
-        if known is None or (steps and not steps[0] <= s["step"] <= steps[1]):
-            continue
-        looked_up = any(
-            m.get("role") == "tool" and m.get("name") == "text_search" for m in s.get("messages") or []
-        )
-        seen.append({"kind": KIND_NAMES.get(row.get("kind"), row.get("kind")),
-                     "facts": "known" if known else "unknown", "choice": "looked up" if looked_up else "answered",
-                     "em": float(bool(s.get("em"))), "reward": float(s.get("reward") or 0.0)})  # fmt: skip
     cols = ["kind", "facts", "choice"]
+    seen = [r for r in seen if not steps or steps[0] <= r["step"] <= steps[1]]
     if not seen:
         return pd.DataFrame(columns=[*cols, "rollouts", "accuracy", "mean_reward"])
-    g = pd.DataFrame(seen).groupby(cols)
+    df = pd.DataFrame(seen)
+    df["choice"] = df["looked_up"].map({True: "looked up", False: "answered"})
+    g = df.groupby(cols)
     out = g.size().rename("rollouts").to_frame().join(g["em"].mean().rename("accuracy"))
     return out.join(g["reward"].mean().rename("mean_reward")).round(3).reset_index()
 
