@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import datasets
 import pytest
@@ -23,7 +24,8 @@ from mmsearch_r1.rl_vs_sft import RUNS, StudyConfig, train_config
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     world = build_world(WorldConfig(root=root / "world", flags="flagpy"))
-    cfg = StudyConfig(root=str(root / "run"), figures_dir=str(root / "figures"), bootstrap=200)
+    cfg = StudyConfig(root=str(root / "run"), figures_dir=str(root / "figures"),
+                      records_dir=str(root / "records"), bootstrap=200)  # fmt: skip
     rl_vs_sft.data_stage(cfg, world=world)
     return cfg, datasets.load_from_disk(str(cfg.data_dir / "pool"))
 
@@ -129,9 +131,9 @@ def test_report_writes_the_issue_shape_from_the_evaluations_that_exist(study, mo
                 for m in rl_vs_sft.METHODS:
                     searched = m == "rag" or (m == "on_demand" and (label == "agnostic_ws" or i % 2 == 0))
                     f.write(json.dumps(_rec(r["data_id"], m, m != "direct", image=int(searched))) + "\n")
-    out = rl_vs_sft.report(
-        cfg, knows=lambda row: row["kind"] == "text_only" and len(row["entity_id"]) % 2 == 0
-    )
+    knows = lambda row: row["kind"] == "text_only" and len(row["entity_id"]) % 2 == 0  # noqa: E731
+    monkeypatch.setattr(rl_vs_sft, "_knowledge", lambda cfg: knows)
+    out = rl_vs_sft.report(cfg)
     assert set(out["runs"]) == {"agnostic_ws", "agnostic_grpo"}  # the others have no evaluation yet
     keys = {"policy", "seed", "n", "on_demand_acc", "on_demand_ci", "rag_acc", "direct_acc", "calls_per_q",
             "rag_calls_per_q", "searched", "known_search_rate", "unknown_search_rate"}  # fmt: skip
@@ -143,6 +145,11 @@ def test_report_writes_the_issue_shape_from_the_evaluations_that_exist(study, mo
     written = json.loads((rl_vs_sft.Path(cfg.figures_dir) / "rl_vs_sft.json").read_text())
     assert written["runs"] == json.loads(json.dumps(out["runs"])) and written["commands"]
     assert (rl_vs_sft.Path(cfg.figures_dir) / "rl_vs_sft.png").stat().st_size > 10_000
+    saved = sorted(p.name for p in (rl_vs_sft.Path(cfg.records_dir) / "evals").iterdir())
+    assert saved == ["agnostic_grpo_heldout.jsonl", "agnostic_ws_heldout.jsonl"]
+    shutil.rmtree(rl_vs_sft.Path(cfg.root) / "eval")  # the machine that evaluated is gone; its records remain
+    monkeypatch.setattr(rl_vs_sft, "_knowledge", None)  # and no probe is needed to report them again
+    assert rl_vs_sft.report(cfg)["runs"] == out["runs"]
 
 
 def test_cli_names_a_wrong_stage_in_one_line(capsys):
@@ -213,3 +220,18 @@ def test_choice_payoffs_say_what_looking_up_and_answering_earned_per_fact(tmp_pa
         and t.loc[("unknown", "looked up"), "rollouts"] == 1
     )
     assert choice_payoffs(seen, steps=(2, 2)).rollouts.sum() == 2
+
+
+def test_training_choices_are_saved_to_the_records_and_read_from_there(study, monkeypatch):
+    cfg, pool = study
+    rows = pool["rl_train"].select(range(4))
+    monkeypatch.setattr(rl_vs_sft, "_knowledge", lambda cfg: lambda row: row["kind"] == "text_only")
+    run = rl_vs_sft.Path(cfg.root) / "agnostic_grpo_p0"
+    run.mkdir(parents=True)
+    lines = [{"step": 1, "data_id": r["data_id"], "messages": [], "em": True, "reward": 1.0} for r in rows]
+    (run / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    first = rl_vs_sft.training_rollouts(cfg)
+    assert list(first) == ["agnostic_grpo_p0"] and len(first["agnostic_grpo_p0"]) == 4
+    assert (rl_vs_sft.Path(cfg.records_dir) / "rollouts" / "agnostic_grpo_p0.jsonl").is_file()
+    shutil.rmtree(run)  # the run's folder is gone; its training choices remain
+    assert rl_vs_sft.training_rollouts(cfg) == first

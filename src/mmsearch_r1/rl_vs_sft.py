@@ -17,7 +17,10 @@ output exists, so a killed or timed-out run resumes where it stopped (GRPO from 
    settings of `StudyConfig`.
 4. `eval_stage`: every policy, greedy, on every test question: on demand, the RAG workflow and direct
    answers, in both wordings (`evaluation.evaluate`, one run folder per policy and wording).
-5. `report`: ``figures/rl_vs_sft.json`` and ``figures/rl_vs_sft.png``: per policy accuracy on demand with a
+   Each finished evaluation, and each GRPO run's training choices, is also saved small in
+   ``StudyConfig.records_dir`` (``figures/rl_vs_sft_records``, committed): checkpoints stay on the machine
+   that trained them, the results travel with the repository.
+5. `report` (from those records only): ``figures/rl_vs_sft.json`` and ``figures/rl_vs_sft.png``: per policy accuracy on demand with a
    95% bootstrap interval, RAG and direct accuracy, calls and share searched, and the search rate on text
    facts the base model knows against those it does not (the probe's knowledge boundary). `table` and
    `curves` (the text-search rate on known and unknown facts over GRPO steps) and `payoffs` (what looking a
@@ -61,6 +64,11 @@ class StudyConfig:
     """Where every stage writes (data, warm starts, GRPO runs, evaluations)."""
     figures_dir: str = "figures"
     """Where ``rl_vs_sft.json`` and ``rl_vs_sft.png`` go."""
+    records_dir: str = "figures/rl_vs_sft_records"
+    """Where each finished evaluation and GRPO run leaves its results small enough to commit: per question
+    and method the score and calls (``evals/<label>_<wording>.jsonl``), per training rollout on a fact the
+    choice and reward (``rollouts/<label>.jsonl``). The report and notebook 07 read only these, so a lost
+    machine loses checkpoints (``root``), not results."""
     seed: int = 0
     """Seed of the pool, the entity split between warm start and RL, and the bootstrap."""
     rl_entity_share: float = 0.5
@@ -107,6 +115,8 @@ class StudyConfig:
                 self.root = "runs/smoke/rl_vs_sft"
             if self.figures_dir == StudyConfig.figures_dir:
                 self.figures_dir = str(Path(self.root) / "figures")
+            if self.records_dir == StudyConfig.records_dir:
+                self.records_dir = str(Path(self.root) / "records")
             self.max_steps, self.eval_items, self.bootstrap = 2, 4, 100
 
     @property
@@ -193,6 +203,7 @@ def grpo_stage(cfg: StudyConfig, label: str) -> Path:
     if not _done(final / "config.json"):
         warmstart_stage(cfg, RUNS[label]["warmstart"])
         train(train_config(cfg, label))
+    training_rollouts(cfg)  # save the run's training choices to records_dir
     return final
 
 
@@ -203,6 +214,7 @@ def eval_stage(cfg: StudyConfig, label: str, wording: str) -> Path:
 
     out = Path(cfg.root) / "eval" / f"{label}_{wording}"
     if _done(out / "eval.json"):
+        save_eval_records(cfg, label, wording)
         return out
     policy = (
         grpo_stage(cfg, label) if "penalty" in RUNS[label] else warmstart_stage(cfg, RUNS[label]["warmstart"])
@@ -212,7 +224,44 @@ def eval_stage(cfg: StudyConfig, label: str, wording: str) -> Path:
                         datasets=[f"{cfg.data_dir / 'pool'}:test_{wording}"], max_items=cfg.eval_items,
                         seed=cfg.seed, batch_size=cfg.eval_batch_size, max_new_tokens=48, bf16=True,
                         **{k: getattr(demo, k) for k in ENV_FIELDS}))  # fmt: skip
+    save_eval_records(cfg, label, wording)
     return out
+
+
+# -- the committed records ------------------------------------------------------------------------------
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    tmp.replace(path)
+
+
+def save_eval_records(cfg: StudyConfig, label: str, wording: str) -> Path | None:
+    """`evaluation.comparison.compact_records` of a finished evaluation into ``records_dir`` (written once;
+    None when the evaluation has not finished)."""
+    import datasets
+
+    from mmsearch_r1.evaluation.comparison import compact_records
+    from mmsearch_r1.evaluation.evaluate import load_eval
+
+    folder, path = Path(cfg.root) / "eval" / f"{label}_{wording}", _eval_records(cfg, label, wording)
+    if path.is_file() or not (folder / "eval.json").is_file():
+        return path if path.is_file() else None
+    test = datasets.load_from_disk(str(cfg.data_dir / "pool"))[f"test_{wording}"]
+    rows = {r["data_id"]: r for r in test.select_columns(["data_id", "entity_id", "template", "kind"])}
+    _write_jsonl(path, compact_records(load_eval(folder)[1], rows, _knowledge(cfg)))
+    return path
+
+
+def _eval_records(cfg: StudyConfig, label: str, wording: str) -> Path:
+    return Path(cfg.records_dir) / "evals" / f"{label}_{wording}.jsonl"
+
+
+def _policy(cfg: StudyConfig, label: str) -> str:
+    run = RUNS[label]
+    return str(Path(cfg.root) / (label if "penalty" in run else f"{run['warmstart']}_ws") / "final")
 
 
 # -- the report -----------------------------------------------------------------------------------------
@@ -249,28 +298,22 @@ def _probed(smoke: bool):
 COMMANDS = ["python -m mmsearch_r1.rl_vs_sft   # = make reproduce-demo; resumes where it stopped"]
 
 
-def report(cfg: StudyConfig, labels: list[str] | None = None, knows=None) -> dict:
-    """Write ``figures/rl_vs_sft.json`` (and the figure) from the evaluations that exist; ``knows``
-    replaces the base model's probe (tests)."""
-    import datasets
+def report(cfg: StudyConfig, labels: list[str] | None = None) -> dict:
+    """Write ``figures/rl_vs_sft.json`` (and the figure) from the evaluation records in ``records_dir``
+    (saving those of finished evaluations under ``root`` first)."""
+    from mmsearch_r1.data.schema import read_jsonl
 
-    from mmsearch_r1.evaluation.evaluate import load_eval
-
-    pool = datasets.load_from_disk(str(cfg.data_dir / "pool"))
-    cols = ["data_id", "entity_id", "template", "kind"]
-    rows = {w: {r["data_id"]: r for r in pool[f"test_{w}"].select_columns(cols)} for w in WORDINGS}
-    knows = knows or _knowledge(cfg)
     runs: dict[str, dict] = {}
     for label in labels or list(RUNS):
         found = {}
         for wording in WORDINGS:
-            folder = Path(cfg.root) / "eval" / f"{label}_{wording}"
-            if (folder / "eval.json").is_file():
-                result, records = load_eval(folder)
-                found[wording] = summarize_run(
-                    records, rows[wording], knows, n_boot=cfg.bootstrap, seed=cfg.seed
-                )
-                found[wording]["policy"] = result["policy"]
+            path = save_eval_records(cfg, label, wording) or _eval_records(cfg, label, wording)
+            if path.is_file():
+                records = read_jsonl(path)
+                rows = {r["data_id"]: r for r in records}
+                found[wording] = summarize_run(records, rows, lambda row: row["known"],
+                                               n_boot=cfg.bootstrap, seed=cfg.seed)  # fmt: skip
+                found[wording]["policy"] = _policy(cfg, label)
         if "heldout" in found:
             run = RUNS[label]
             runs[label] = {**found["heldout"], "seed": run.get("seed", cfg.seed), "wording": "held-out",
@@ -294,22 +337,25 @@ def report(cfg: StudyConfig, labels: list[str] | None = None, knows=None) -> dic
 
 
 def training_rollouts(cfg: StudyConfig) -> dict[str, list[dict]]:
-    """`evaluation.comparison.fact_rollouts` of every GRPO run that has training samples, by label (the
-    RL rows and the probe read once for all): the input of `curves` and `payoffs`."""
+    """`evaluation.comparison.fact_rollouts` of every GRPO run, by label: the input of `curves` and
+    `payoffs`. Saved to ``records_dir/rollouts`` whenever a run's ``samples.jsonl`` under ``root`` is newer
+    (the RL rows and the probe read once for all), then read from there."""
     import datasets
 
+    from mmsearch_r1.data.schema import read_jsonl
     from mmsearch_r1.evaluation.comparison import fact_rollouts
 
-    found = [
-        k for k, r in RUNS.items() if "penalty" in r and (Path(cfg.root) / k / "samples.jsonl").is_file()
-    ]
-    if not found:
-        return {}
-    cols = ["data_id", "entity_id", "template", "kind"]
-    pool = datasets.load_from_disk(str(cfg.data_dir / "pool"))
-    rows = {r["data_id"]: r for r in pool["rl_train"].select_columns(cols)}
-    knows = _knowledge(cfg)
-    return {k: fact_rollouts(Path(cfg.root) / k, rows, knows) for k in found}
+    saved = {k: Path(cfg.records_dir) / "rollouts" / f"{k}.jsonl" for k, r in RUNS.items() if "penalty" in r}
+    samples = {k: Path(cfg.root) / k / "samples.jsonl" for k in saved}
+    stale = [k for k in saved if samples[k].is_file() and (not saved[k].is_file()
+             or saved[k].stat().st_mtime < samples[k].stat().st_mtime)]  # fmt: skip
+    if stale:
+        cols = ["data_id", "entity_id", "template", "kind"]
+        pool = datasets.load_from_disk(str(cfg.data_dir / "pool"))
+        rows = {r["data_id"]: r for r in pool["rl_train"].select_columns(cols)}
+        for k in stale:
+            _write_jsonl(saved[k], fact_rollouts(samples[k].parent, rows, _knowledge(cfg)))
+    return {k: read_jsonl(p) for k, p in saved.items() if p.is_file()}
 
 
 def curves(rollouts: dict[str, list[dict]], window: int = 10):

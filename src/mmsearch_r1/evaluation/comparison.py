@@ -17,6 +17,8 @@ from pathlib import Path
 
 METHODS = ("on_demand", "rag", "direct")
 """The evaluation methods a comparison reads (`mmsearch_r1.agent.rollout`)."""
+RECORD_FIELDS = ("data_id", "method", "em", "image_calls", "text_calls", "searched")
+"""The fields of an evaluation record that `summarize_run` reads."""
 KIND_NAMES = {"text_only": "text-only", "textual_knowledge": "image, then fact"}
 """Readable names of the question kinds whose answer is a fact the base model may know."""
 
@@ -78,6 +80,18 @@ def summarize_run(records: list[dict], rows: dict[str, dict], knows, *, n_boot: 
         "image_fact_known_text_search_rate": looked_up([r for r, k in then if k is True]),
         "image_fact_unknown_text_search_rate": looked_up([r for r, k in then if k is False]),
     }
+
+
+def compact_records(records: list[dict], rows: dict[str, dict], knows) -> list[dict]:
+    """Scored evaluation records cut to what `summarize_run` reads (``RECORD_FIELDS``), each with its test
+    row's ``kind`` and the probe's verdict ``known`` (True, False or None): a few dozen bytes a question, so
+    a study's results can be committed and summarised again on any machine with
+    ``summarize_run(compact, {r["data_id"]: r for r in compact}, lambda row: row["known"], ...)``."""
+    out = []
+    for r in records:
+        row = rows[r["data_id"]]
+        out.append({k: r[k] for k in RECORD_FIELDS} | {"kind": row["kind"], "known": knows(row)})
+    return out
 
 
 def fact_rollouts(run_dir: str | Path, rows: dict[str, dict], knows) -> list[dict]:
