@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 
 import datasets
 import pytest
@@ -147,6 +149,12 @@ def test_report_writes_the_issue_shape_from_the_evaluations_that_exist(study, mo
     assert (rl_vs_sft.Path(cfg.figures_dir) / "rl_vs_sft.png").stat().st_size > 10_000
     saved = sorted(p.name for p in (rl_vs_sft.Path(cfg.records_dir) / "evals").iterdir())
     assert saved == ["agnostic_grpo_heldout.jsonl", "agnostic_ws_heldout.jsonl"]
+    redone = rl_vs_sft.Path(cfg.root) / "eval" / "agnostic_ws_heldout"  # evaluated again: records replaced
+    with (redone / "eval_items.jsonl").open("w") as f:
+        f.writelines(json.dumps(_rec(r["data_id"], m, False)) + "\n" for r in rows for m in rl_vs_sft.METHODS)
+    os.utime(redone / "eval.json", (time.time() + 5, time.time() + 5))
+    assert rl_vs_sft.report(cfg)["runs"]["agnostic_ws"]["on_demand_acc"] == 0.0
+    out = rl_vs_sft.report(cfg)
     shutil.rmtree(rl_vs_sft.Path(cfg.root) / "eval")  # the machine that evaluated is gone; its records remain
     monkeypatch.setattr(rl_vs_sft, "_knowledge", None)  # and no probe is needed to report them again
     assert rl_vs_sft.report(cfg)["runs"] == out["runs"]

@@ -17,9 +17,8 @@ output exists, so a killed or timed-out run resumes where it stopped (GRPO from 
    settings of `StudyConfig`.
 4. `eval_stage`: every policy, greedy, on every test question: on demand, the RAG workflow and direct
    answers, in both wordings (`evaluation.evaluate`, one run folder per policy and wording).
-   Each finished evaluation, and each GRPO run's training choices, is also saved small in
-   ``StudyConfig.records_dir`` (``figures/rl_vs_sft_records``, committed): checkpoints stay on the machine
-   that trained them, the results travel with the repository.
+   Each finished evaluation and GRPO run's training choices are also saved small in ``records_dir``
+   (committed): checkpoints stay on the machine that trained them, results travel with the repository.
 5. `report` (from those records only): ``figures/rl_vs_sft.json`` and ``figures/rl_vs_sft.png``: per policy accuracy on demand with a
    95% bootstrap interval, RAG and direct accuracy, calls and share searched, and the search rate on text
    facts the base model knows against those it does not (the probe's knowledge boundary). `table` and
@@ -203,7 +202,7 @@ def grpo_stage(cfg: StudyConfig, label: str) -> Path:
     if not _done(final / "config.json"):
         warmstart_stage(cfg, RUNS[label]["warmstart"])
         train(train_config(cfg, label))
-    training_rollouts(cfg)  # save the run's training choices to records_dir
+    save_rollout_records(cfg)
     return final
 
 
@@ -228,7 +227,9 @@ def eval_stage(cfg: StudyConfig, label: str, wording: str) -> Path:
     return out
 
 
-# -- the committed records ------------------------------------------------------------------------------
+def _stale(source: Path, record: Path) -> bool:
+    """A record to (re)write: ``source`` exists and ``record`` is missing or older (a re-run replaces it)."""
+    return source.is_file() and (not record.is_file() or record.stat().st_mtime < source.stat().st_mtime)
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
@@ -238,30 +239,22 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     tmp.replace(path)
 
 
-def save_eval_records(cfg: StudyConfig, label: str, wording: str) -> Path | None:
-    """`evaluation.comparison.compact_records` of a finished evaluation into ``records_dir`` (written once;
-    None when the evaluation has not finished)."""
+def save_eval_records(cfg: StudyConfig, label: str, wording: str) -> Path:
+    """`evaluation.comparison.compact_records` of a finished evaluation into ``records_dir`` when they are
+    missing or older than its ``eval.json``; returns the records' path (absent while nothing finished)."""
     import datasets
 
     from mmsearch_r1.evaluation.comparison import compact_records
     from mmsearch_r1.evaluation.evaluate import load_eval
 
-    folder, path = Path(cfg.root) / "eval" / f"{label}_{wording}", _eval_records(cfg, label, wording)
-    if path.is_file() or not (folder / "eval.json").is_file():
-        return path if path.is_file() else None
+    folder = Path(cfg.root) / "eval" / f"{label}_{wording}"
+    path = Path(cfg.records_dir) / "evals" / f"{label}_{wording}.jsonl"
+    if not _stale(folder / "eval.json", path):
+        return path
     test = datasets.load_from_disk(str(cfg.data_dir / "pool"))[f"test_{wording}"]
     rows = {r["data_id"]: r for r in test.select_columns(["data_id", "entity_id", "template", "kind"])}
     _write_jsonl(path, compact_records(load_eval(folder)[1], rows, _knowledge(cfg)))
     return path
-
-
-def _eval_records(cfg: StudyConfig, label: str, wording: str) -> Path:
-    return Path(cfg.records_dir) / "evals" / f"{label}_{wording}.jsonl"
-
-
-def _policy(cfg: StudyConfig, label: str) -> str:
-    run = RUNS[label]
-    return str(Path(cfg.root) / (label if "penalty" in run else f"{run['warmstart']}_ws") / "final")
 
 
 # -- the report -----------------------------------------------------------------------------------------
@@ -307,13 +300,14 @@ def report(cfg: StudyConfig, labels: list[str] | None = None) -> dict:
     for label in labels or list(RUNS):
         found = {}
         for wording in WORDINGS:
-            path = save_eval_records(cfg, label, wording) or _eval_records(cfg, label, wording)
+            path = save_eval_records(cfg, label, wording)
             if path.is_file():
                 records = read_jsonl(path)
                 rows = {r["data_id"]: r for r in records}
                 found[wording] = summarize_run(records, rows, lambda row: row["known"],
                                                n_boot=cfg.bootstrap, seed=cfg.seed)  # fmt: skip
-                found[wording]["policy"] = _policy(cfg, label)
+                folder = label if "penalty" in RUNS[label] else f"{RUNS[label]['warmstart']}_ws"
+                found[wording]["policy"] = str(Path(cfg.root) / folder / "final")
         if "heldout" in found:
             run = RUNS[label]
             runs[label] = {**found["heldout"], "seed": run.get("seed", cfg.seed), "wording": "held-out",
@@ -336,26 +330,31 @@ def report(cfg: StudyConfig, labels: list[str] | None = None) -> dict:
     return out
 
 
-def training_rollouts(cfg: StudyConfig) -> dict[str, list[dict]]:
-    """`evaluation.comparison.fact_rollouts` of every GRPO run, by label: the input of `curves` and
-    `payoffs`. Saved to ``records_dir/rollouts`` whenever a run's ``samples.jsonl`` under ``root`` is newer
-    (the RL rows and the probe read once for all), then read from there."""
+def save_rollout_records(cfg: StudyConfig) -> dict[str, Path]:
+    """`evaluation.comparison.fact_rollouts` of every GRPO run whose ``samples.jsonl`` under ``root`` is newer
+    than its records (the RL rows and the probe read once for all) into ``records_dir/rollouts``; returns
+    every GRPO run's records path, by label."""
     import datasets
 
-    from mmsearch_r1.data.schema import read_jsonl
     from mmsearch_r1.evaluation.comparison import fact_rollouts
 
     saved = {k: Path(cfg.records_dir) / "rollouts" / f"{k}.jsonl" for k, r in RUNS.items() if "penalty" in r}
-    samples = {k: Path(cfg.root) / k / "samples.jsonl" for k in saved}
-    stale = [k for k in saved if samples[k].is_file() and (not saved[k].is_file()
-             or saved[k].stat().st_mtime < samples[k].stat().st_mtime)]  # fmt: skip
+    stale = [k for k in saved if _stale(Path(cfg.root) / k / "samples.jsonl", saved[k])]
     if stale:
         cols = ["data_id", "entity_id", "template", "kind"]
         pool = datasets.load_from_disk(str(cfg.data_dir / "pool"))
         rows = {r["data_id"]: r for r in pool["rl_train"].select_columns(cols)}
         for k in stale:
-            _write_jsonl(saved[k], fact_rollouts(samples[k].parent, rows, _knowledge(cfg)))
-    return {k: read_jsonl(p) for k, p in saved.items() if p.is_file()}
+            _write_jsonl(saved[k], fact_rollouts(Path(cfg.root) / k, rows, _knowledge(cfg)))
+    return saved
+
+
+def training_rollouts(cfg: StudyConfig) -> dict[str, list[dict]]:
+    """The saved training choices of every GRPO run (`save_rollout_records` first), by label: the input of
+    `curves` and `payoffs`."""
+    from mmsearch_r1.data.schema import read_jsonl
+
+    return {k: read_jsonl(p) for k, p in save_rollout_records(cfg).items() if p.is_file()}
 
 
 def curves(rollouts: dict[str, list[dict]], window: int = 10):
