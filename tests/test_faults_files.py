@@ -79,6 +79,21 @@ def test_read_jsonl_strict_names_file_and_line_append_only_warns(tmp_path, caplo
         D.read_jsonl(path)
 
 
+def test_write_jsonl_is_atomic_and_reads_back(tmp_path, monkeypatch):
+    path = tmp_path / "new" / "x.jsonl"
+    D.write_jsonl(path, [{"a": 1}, {"b": [2]}])
+    assert D.read_jsonl(path) == [{"a": 1}, {"b": [2]}]
+    assert [p.name for p in path.parent.iterdir()] == ["x.jsonl"]  # no temporary file left
+
+    def killed(self, *args, **kwargs):  # a process killed before its rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        D.write_jsonl(path, [{"c": 3}])
+    assert D.read_jsonl(path) == [{"a": 1}, {"b": [2]}]  # the old file, whole
+
+
 def test_load_eval_skips_a_cut_last_item(tmp_path, caplog):
     from mmsearch_r1.evaluation.evaluate import load_eval
 

@@ -40,6 +40,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mmsearch_r1.data.schema import read_jsonl, write_jsonl
 from mmsearch_r1.evaluation.comparison import METHODS, plot, summarize_run
 
 RUNS: dict[str, dict] = {
@@ -233,13 +234,6 @@ def _stale(source: Path, record: Path) -> bool:
     return source.is_file() and (not record.is_file() or record.stat().st_mtime < source.stat().st_mtime)
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    tmp.replace(path)
-
-
 def save_eval_records(cfg: StudyConfig, label: str, wording: str) -> Path:
     """`evaluation.comparison.compact_records` of a finished evaluation into ``records_dir`` when they are
     missing or older than its ``eval.json``; returns the records' path (absent while nothing finished)."""
@@ -254,7 +248,7 @@ def save_eval_records(cfg: StudyConfig, label: str, wording: str) -> Path:
         return path
     test = datasets.load_from_disk(str(cfg.data_dir / "pool"))[f"test_{wording}"]
     rows = {r["data_id"]: r for r in test.select_columns(["data_id", "entity_id", "template", "kind"])}
-    _write_jsonl(path, compact_records(load_eval(folder)[1], rows, _knowledge(cfg)))
+    write_jsonl(path, compact_records(load_eval(folder)[1], rows, _knowledge(cfg)))
     return path
 
 
@@ -295,8 +289,6 @@ COMMANDS = ["python -m mmsearch_r1.rl_vs_sft   # = make reproduce-demo; resumes 
 def report(cfg: StudyConfig, labels: list[str] | None = None) -> dict:
     """Write ``figures/rl_vs_sft.json`` (and the figure) from the evaluation records in ``records_dir``
     (saving those of finished evaluations under ``root`` first)."""
-    from mmsearch_r1.data.schema import read_jsonl
-
     runs: dict[str, dict] = {}
     for label in labels or list(RUNS):
         found = {}
@@ -346,15 +338,13 @@ def save_rollout_records(cfg: StudyConfig) -> dict[str, Path]:
         pool = datasets.load_from_disk(str(cfg.data_dir / "pool"))
         rows = {r["data_id"]: r for r in pool["rl_train"].select_columns(cols)}
         for k in stale:
-            _write_jsonl(saved[k], fact_rollouts(Path(cfg.root) / k, rows, _knowledge(cfg)))
+            write_jsonl(saved[k], fact_rollouts(Path(cfg.root) / k, rows, _knowledge(cfg)))
     return saved
 
 
 def training_rollouts(cfg: StudyConfig) -> dict[str, list[dict]]:
     """The saved training choices of every GRPO run (`save_rollout_records` first), by label: the input of
     `curves` and `payoffs`."""
-    from mmsearch_r1.data.schema import read_jsonl
-
     return {k: read_jsonl(p) for k, p in save_rollout_records(cfg).items() if p.is_file()}
 
 

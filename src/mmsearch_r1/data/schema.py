@@ -10,9 +10,8 @@ or kept or raised on, as the caller asks; every reason names the column, and a c
 the whole file is one error that lists it with what the reader expects. An image over
 ``MAX_IMAGE_PIXELS`` (a decompression bomb) is a bad row like a corrupt one. ``to_row`` helpers
 (``decode_image``, ``convert_rows``, ``column``, ``require_columns``) are shared with the benchmark
-readers. ``read_jsonl`` reads a jsonl file line by line, naming the file and line of a bad one; for
-append-only run files (``metrics.jsonl``, ``samples.jsonl``, ``eval_items.jsonl``) it skips, with a
-warning, the cut last line a killed process leaves.
+readers. ``read_jsonl`` reads a jsonl file, naming the file and line of a bad one (in append-only run
+files it skips, with a warning, the cut last line a killed process leaves); ``write_jsonl`` writes one.
 
 What it does not: no benchmark readers (``data.benchmarks``: FVQA from the hub, InfoSeek, MMSearch,
 SimpleVQA, LiveVQA, ``load_benchmark``), no question generation (``data.questions``), no curation
@@ -26,6 +25,7 @@ import binascii
 import io
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -342,11 +342,10 @@ def load_fvqa_parquet(
 def read_jsonl(path: str | Path, *, append_only: bool = False) -> list[dict[str, Any]]:
     """The JSON objects of a jsonl file, one per non-blank line, in order.
 
-    A line that is not a JSON object is a ValueError naming the file, the line and the fix - except in
-    an ``append_only`` file (a run's ``metrics.jsonl``, ``samples.jsonl``, ``eval_items.jsonl``). A
-    process killed mid-write leaves a cut last line there, and the resume must go on: bad lines are
-    skipped with a warning naming them, and a missing file reads as no records.
-    """
+    A line that is not a JSON object is a ValueError naming the file, the line and the fix - except in an
+    ``append_only`` file (a run's ``metrics.jsonl``, ``samples.jsonl``, ``eval_items.jsonl``). A process
+    killed mid-write leaves a cut last line there, and the resume must go on: bad lines are skipped with a
+    warning naming them, and a missing file reads as no records."""
     path = Path(path)
     if append_only and not path.is_file():
         return []
@@ -373,6 +372,14 @@ def read_jsonl(path: str | Path, *, append_only: bool = False) -> list[dict[str,
         else:
             log.warning("%s: skipped damaged line %d of %d: %s", path, n, last, problem)
     return out
+
+
+def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]]) -> None:
+    """Write ``records`` to ``path`` as jsonl, atomically (a temporary file of this process, renamed)."""
+    tmp = Path(path).with_name(f"{Path(path).name}.{os.getpid()}.tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    tmp.replace(path)
 
 
 def write_fvqa_parquet(

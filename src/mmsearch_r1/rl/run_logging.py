@@ -35,7 +35,7 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOTrainer
 
-from mmsearch_r1.data.schema import read_jsonl
+from mmsearch_r1.data.schema import read_jsonl, write_jsonl
 from mmsearch_r1.helpers import jpeg_b64
 from mmsearch_r1.protocol.rewards import score_record
 from mmsearch_r1.protocol.tags import parse_turn
@@ -94,9 +94,7 @@ def truncate_metrics(path: str | Path, keep_up_to: int) -> int:
     """Rewrite ``path`` with one record per step for steps <= ``keep_up_to``; return how many were kept."""
     path = Path(path)
     kept = [r for r in read_metrics(path) if r["step"] <= keep_up_to]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    tmp.replace(path)
+    write_jsonl(path, kept)
     return len(kept)
 
 
