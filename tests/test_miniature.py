@@ -193,15 +193,15 @@ def test_two_step_run_end_to_end(tmp_path):
 
 
 def test_a_run_stopped_by_a_signal_stops_instead_of_reading_a_stale_final(tmp_path, monkeypatch):
-    import types
-
     import mmsearch_r1.rl.train as rl_train
     from mmsearch_r1.miniature.run import grpo_run
 
     stale = tmp_path / "final"
     stale.mkdir()
-    stopped = types.SimpleNamespace(summary={"stopped_by_signal": True, "steps": 3}, run_dir=tmp_path)
+    stopped = rl_train.TrainResult(tmp_path, None, [], {"stopped_by_signal": True, "steps": 3})
     monkeypatch.setattr(rl_train, "train", lambda config: stopped)
-    with pytest.raises(SystemExit, match=r"smoke: stopped by a signal after step 3.*run the same command"):
+    with pytest.raises(
+        SystemExit, match=r"smoke: GRPO stopped by a signal after step 3.*run the same command"
+    ):
         grpo_run(_cfg(tmp_path), None, "smoke", 0.1, "rl_balanced", {})
     assert not (tmp_path / "eval.json").exists()

@@ -82,12 +82,10 @@ def test_each_grpo_run_starts_from_its_warm_start_with_its_penalty_and_seed(tmp_
 
 def test_a_grpo_run_stopped_by_a_signal_stops_the_study(tmp_path, monkeypatch):
     # SIGTERM checkpoints and ends `train` early; the next stage (eval) must not start it again
-    import types
-
     import mmsearch_r1.rl.train as rl_train
 
     cfg = StudyConfig(root=str(tmp_path), records_dir=str(tmp_path / "records"))
-    stopped = types.SimpleNamespace(summary={"stopped_by_signal": True, "steps": 7})
+    stopped = rl_train.TrainResult(tmp_path, None, [], {"stopped_by_signal": True, "steps": 7})
     monkeypatch.setattr(rl_vs_sft, "warmstart_stage", lambda cfg, which: tmp_path)
     monkeypatch.setattr(rl_train, "train", lambda config: stopped)
     with pytest.raises(SystemExit, match=r"agnostic_grpo: GRPO stopped by a signal after step 7.*resume"):

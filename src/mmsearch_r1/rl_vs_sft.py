@@ -203,10 +203,7 @@ def grpo_stage(cfg: StudyConfig, label: str) -> Path:
     final = Path(cfg.root) / label / "final"
     if not _done(final / "config.json"):
         warmstart_stage(cfg, RUNS[label]["warmstart"])
-        result = train(train_config(cfg, label))
-        if result.summary.get("stopped_by_signal"):  # stop the study too, not only this run
-            raise SystemExit(f"{label}: GRPO stopped by a signal after step {result.summary['steps']} and "
-                             "checkpointed; run the same command again to resume")  # fmt: skip
+        train(train_config(cfg, label)).final_dir(label)  # a signal stops the study too, not only this run
     save_rollout_records(cfg)
     return final
 

@@ -241,10 +241,10 @@ def grpo_run(
     t0 = time.perf_counter()
     result = train(run_config(cfg, name, penalty, split, **changes))
     t_train = time.perf_counter() - t0
-    if result.summary.get("stopped_by_signal"):  # no final policy to evaluate: stop, do not read a stale one
-        raise SystemExit(f"[miniature] {name}: stopped by a signal after step {result.summary['steps']}; "
-                         "miniature runs are short and do not resume: run the same command again")  # fmt: skip
-    policy = load_policy(result.run_dir / "final", dtype="float32")
+    final = result.final_dir(
+        f"[miniature] {name}", "miniature runs do not resume: run the same command again"
+    )
+    policy = load_policy(final, dtype="float32")
     policy.model.eval()
     rows = {
         s: data.splits[s] for s in dict.fromkeys(["train", "test", split.replace("rl_balanced", "train")])

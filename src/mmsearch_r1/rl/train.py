@@ -65,6 +65,14 @@ class TrainResult:
     """Checkpoint the run resumed from, if any."""
     extra: dict = field(default_factory=dict)
 
+    def final_dir(self, label: str, hint: str = "run the same command again to resume") -> Path:
+        """``run_dir/final``, the finished policy; SystemExit naming ``label`` when a signal stopped the run
+        before it was saved (the folder is then missing, or stale from an earlier run, and must not be read)."""
+        if self.summary.get("stopped_by_signal"):
+            raise SystemExit(f"{label}: GRPO stopped by a signal after step {self.summary['steps']} and "
+                             f"checkpointed; {hint}")  # fmt: skip
+        return self.run_dir / "final"
+
 
 def _is_main() -> bool:
     """Global rank 0 (read from the launcher's environment, so no process group is started here)."""
