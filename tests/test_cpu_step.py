@@ -9,7 +9,7 @@ import torch
 from trl.trainer.utils import add_fused_lm_head
 
 from mmsearch_r1.policy.tiny import build_tiny_policy
-from mmsearch_r1.rl.policy_head import install_policy_token_head, wanted
+from mmsearch_r1.rl.policy_head import install_policy_token_head, unpadded_rows, wanted
 
 
 def _fused_pair(temperature: float):
@@ -140,3 +140,80 @@ def test_the_copys_attention_masks_the_padding_of_a_batch():
         batch = model(input_ids=ids, attention_mask=mask).logits
         alone = model(input_ids=ids[1:, 4:], attention_mask=mask[1:, 4:]).logits
     torch.testing.assert_close(batch[1, 4:], alone[0], rtol=1e-4, atol=1e-4)
+
+
+def _padded_batch(processor, completion: int):
+    """Three sequences as TRL's loss gets them: prompts (one image, two images, none) left-padded,
+    completions of 9, 3 and 6 tokens right-padded, and the images' ``pixel_values``."""
+    from PIL import Image
+
+    vision = "<|vision_start|><|image_pad|><|vision_end|>"
+    colours = ["red", "blue", "green"]
+    texts = [f"{vision} Which flag is this?", f"{vision} and {vision} which one?", "Capital of Redland?"]
+    images = [
+        [Image.new("RGB", (112, 112), colours[0])],
+        [Image.new("RGB", (56, 56), c) for c in colours[1:]],
+        [],
+    ]
+    rows = [
+        processor(text=[t], images=im or None, return_tensors="pt")
+        for t, im in zip(texts, images, strict=True)
+    ]
+    prompts = [r["input_ids"][0] for r in rows]
+    width = max(len(p) for p in prompts)
+    torch.manual_seed(1)
+    ids = torch.zeros(3, width + completion, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, (p, n) in enumerate(zip(prompts, (9, 3, 6), strict=True)):
+        ids[i, width - len(p) : width], mask[i, width - len(p) : width + n] = p, 1
+        ids[i, width : width + n] = torch.randint(10, 200, (n,))
+    fields = {
+        "pixel_values": torch.cat([r["pixel_values"] for r in rows if "pixel_values" in r]),
+        "image_grid_thw": torch.cat([r["image_grid_thw"] for r in rows if "image_grid_thw" in r]),
+        "num_images": [len(im) for im in images],
+    }
+    return ids, mask, fields
+
+
+def test_loss_forward_scores_each_sequence_without_its_padding():
+    """The per-sequence, unpadded loss forward gives TRL's log-probs, entropies and gradients on the
+    positions the loss reads, with images in some sequences and none in another."""
+    from accelerate import Accelerator
+
+    from mmsearch_r1.rl.run_logging import TimedGRPOTrainer
+
+    model, processor = build_tiny_policy(seed=4)
+    add_fused_lm_head(model, temperature=0.7, outputs=("log_probs", "entropy"))
+    trainer = TimedGRPOTrainer.__new__(TimedGRPOTrainer)  # only what the loss forward reads
+    trainer.model, trainer.temperature, trainer.accelerator = model, 0.7, Accelerator(cpu=True)
+    assert install_policy_token_head(trainer)
+    completion = 10
+    ids, mask, fields = _padded_batch(processor, completion)
+    tool_mask = torch.ones(3, completion, dtype=torch.long)
+    tool_mask[0, 2:5] = 0  # a tool result inside the first completion
+    read = mask[:, -completion:].bool() & tool_mask.bool()
+
+    def scored(per_sequence: bool):
+        model.zero_grad()
+        trainer.policy_token_head, trainer.policy_token_mask = per_sequence, tool_mask
+        logps, entropy, _ = trainer._get_per_token_logps_and_entropies(
+            model, ids, mask, completion, compute_entropy=True, **fields
+        )
+        (logps * read).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return logps.detach(), entropy.detach(), grads
+
+    rows = unpadded_rows(ids, mask, completion, fields)
+    assert [keep for _, _, keep in rows] == [9, 3, 6]
+    assert [int(r["attention_mask"].sum()) for _, r, _ in rows] == [
+        r["input_ids"].size(1) for _, r, _ in rows
+    ]
+    assert "pixel_values" not in rows[2][1]  # the sequence without images gets none
+    padded, per_sequence = scored(False), scored(True)
+    torch.testing.assert_close(per_sequence[0][read], padded[0][read], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(per_sequence[1][read], padded[1][read], atol=1e-4, rtol=1e-4)
+    assert not per_sequence[0][~mask[:, -completion:].bool()].any()  # padding: never scored
+    assert per_sequence[2].keys() == padded[2].keys() and any("visual" in n for n in padded[2])
+    for name, grad in padded[2].items():
+        torch.testing.assert_close(per_sequence[2][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert unpadded_rows(ids, mask, completion, {**fields, "spatial_shapes": torch.ones(1)}) is None

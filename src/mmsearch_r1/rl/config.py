@@ -184,8 +184,9 @@ class TrainConfig:
     """Generate the rollouts with a bf16 copy of the model (`rl.generation_copy`): ``auto`` (on a CPU with
     native bf16 matmuls, without vLLM or PEFT), ``true``, ``false``."""
     policy_token_head: str = "auto"
-    """Project the loss's LM head on the policy's own completion tokens only (`rl.policy_head`): ``auto``
-    (on CPU, where TRL's fused head projects every position), ``true``, ``false``."""
+    """Project the loss's LM head on the policy's own completion tokens only, and score each sequence
+    without its padding (`rl.policy_head`): ``auto`` (on CPU, where TRL's fused head projects every
+    position), ``true``, ``false``."""
 
     # -- generation backend ------------------------------------------------------------------------
     use_vllm: bool = False

@@ -9,7 +9,10 @@ vocabulary its forward and backward were about a third of a CPU demo GRPO step (
 only the positions the loss reads are projected: completion tokens the policy wrote (TRL's ``tool_mask`` is
 1 there; 0 on tool results), not padding, prompt or tool results. It returns the fields TRL reads
 (``log_probs``, ``entropy``, ``label_mask``; zero where not projected), so the loss, the entropy metric and
-the gradients are those of TRL's head on those positions (tested). TRL keeps everything else.
+the gradients are those of TRL's head on those positions (tested). `unpadded_rows` cuts the loss's padded
+batch into one sequence per row without its padding, which `mmsearch_r1.rl.run_logging.TimedGRPOTrainer`
+scores one at a time under the same setting (a direct answer no longer costs the forward of the longest
+search trajectory in its micro-batch). TRL keeps everything else.
 
 What it does not: no vocabulary chunking (the policy writes a few hundred tokens per micro-batch, so the
 logits of those positions are small on CPU); nothing on CUDA, where TRL's Triton kernel already skips
@@ -79,3 +82,53 @@ def install_policy_token_head(trainer) -> bool:
 
     model.forward = types.MethodType(forward, model)
     return True
+
+
+#: Multimodal fields `unpadded_rows` knows how to cut per sequence (Qwen2.5-VL's); with any other field
+#: present, TRL's padded batch is kept.
+_ROW_FIELDS = {"pixel_values", "image_grid_thw", "num_images", "token_type_ids", "mm_token_type_ids"}
+
+
+def unpadded_rows(input_ids, attention_mask, logits_to_keep: int, fields: dict):
+    """The loss's batch cut into one sequence per row, without padding; None where a field is unknown.
+
+    TRL pads a micro-batch to its longest sequence (prompts on the left, completions on the right) and the
+    loss forward computes every padded position: a direct answer of 20 tokens costs as much as a search
+    trajectory of 450. Each row here is ``(i, kwargs, keep)``: ``kwargs`` are the model inputs of row ``i``
+    from its first to its last attended position (its images' ``pixel_values`` rows included), ``keep`` the
+    number of its completion positions kept (at least 1). The caller scores each row and puts the
+    row's ``keep`` log-probs back at the start of its completion; the trimmed positions are padding, which
+    the loss masks. Written by hand: TRL chunks a batch (``batch_size``) but never trims it.
+    """
+    present = {k for k, v in fields.items() if v is not None}
+    if present - _ROW_FIELDS or ("pixel_values" in present) != ("image_grid_thw" in present):
+        return None
+    if "pixel_values" in present and "num_images" not in present:
+        return None
+    prompt_len = input_ids.size(1) - logits_to_keep
+    if "pixel_values" in present:
+        patches = fields["image_grid_thw"].prod(dim=-1)  # pixel_values rows per image
+        per_image = torch.split(patches, list(fields["num_images"]))
+        image_start = [0] + list(torch.tensor(fields["num_images"]).cumsum(0).tolist())
+        row_start = [0] + torch.stack([s.sum() for s in per_image]).cumsum(0).tolist()
+    rows = []
+    for i in range(input_ids.size(0)):
+        attended = attention_mask[i].nonzero().flatten()
+        left = int(attended[0]) if attended.numel() else prompt_len
+        right = int(attended[-1]) + 1 if attended.numel() else prompt_len + 1
+        keep = max(1, right - prompt_len)
+        left, right = min(left, prompt_len - 1), prompt_len + keep
+        kwargs = {
+            "input_ids": input_ids[i : i + 1, left:right],
+            "attention_mask": attention_mask[i : i + 1, left:right],
+        }
+        for name in ("token_type_ids", "mm_token_type_ids"):
+            if name in present:
+                kwargs[name] = fields[name][i : i + 1, left:right]
+        if "pixel_values" in present:
+            kwargs["num_images"] = [fields["num_images"][i]]
+            if fields["num_images"][i]:  # a row without images passes none
+                kwargs["pixel_values"] = fields["pixel_values"][row_start[i] : row_start[i + 1]]
+                kwargs["image_grid_thw"] = fields["image_grid_thw"][image_start[i] : image_start[i + 1]]
+        rows.append((i, kwargs, keep))
+    return rows

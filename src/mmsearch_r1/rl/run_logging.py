@@ -39,6 +39,7 @@ from mmsearch_r1.data.schema import read_jsonl, write_jsonl
 from mmsearch_r1.helpers import jpeg_b64
 from mmsearch_r1.protocol.rewards import score_record
 from mmsearch_r1.protocol.tags import parse_turn
+from mmsearch_r1.rl.policy_head import unpadded_rows
 from mmsearch_r1.rl.rewards import message_to_tag_text
 
 # canonical metrics.jsonl field <- TRL log key
@@ -303,6 +304,36 @@ class TimedGRPOTrainer(GRPOTrainer):
             return super()._compute_loss(model, inputs)
         finally:
             self.policy_token_mask = None
+
+    def _get_per_token_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
+        compute_aux_loss=False, **fields,
+    ):  # fmt: skip
+        """With the policy-token head, each sequence is scored alone and without its padding
+        (`rl.policy_head.unpadded_rows`); otherwise, or for inputs it cannot cut, TRL's padded batch."""
+        rows = None
+        if self.policy_token_head and not compute_aux_loss:
+            rows = unpadded_rows(input_ids, attention_mask, logits_to_keep, fields)
+        if rows is None:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
+                compute_aux_loss, **fields)  # fmt: skip
+        batch_mask = self.policy_token_mask
+        logps, entropies = [], []
+        try:
+            for i, row, keep in rows:
+                if batch_mask is not None:
+                    self.policy_token_mask = batch_mask[i : i + 1, :keep]
+                lp, ent, _ = super()._get_per_token_logps_and_entropies(
+                    model, logits_to_keep=keep, compute_entropy=compute_entropy, **row
+                )
+                pad = logits_to_keep - keep
+                logps.append(torch.nn.functional.pad(lp, (0, pad)))
+                if compute_entropy:
+                    entropies.append(torch.nn.functional.pad(ent, (0, pad)))
+        finally:
+            self.policy_token_mask = batch_mask
+        return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
 
     def _generate_single_turn(self, *args, **kwargs):
         t0 = time.perf_counter()
