@@ -217,3 +217,23 @@ def test_loss_forward_scores_each_sequence_without_its_padding():
     for name, grad in padded[2].items():
         torch.testing.assert_close(per_sequence[2][name], grad, atol=1e-5, rtol=1e-4, msg=name)
     assert unpadded_rows(ids, mask, completion, {**fields, "spatial_shapes": torch.ones(1)}) is None
+
+
+def test_the_bench_compares_only_steps_that_generated_alike():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+    spec = importlib.util.spec_from_file_location("bench_train", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def steps(*rows):
+        return [{"step": i + 1, "seconds": s, "generated_tokens": t} for i, (s, t) in enumerate(rows)]
+
+    before = steps((50, 500), (40, 600), (30, 400), (36, 640))
+    after = steps((25, 500), (60, 2200), (15, 390), (18, 600))  # step 2 looped; step 1 is warm-up
+    m = bench.matched_speedup(before, after)
+    assert m["steps"] == [3, 4]
+    assert m["speedup"] == pytest.approx((30 + 36) / (15 + 18))
+    assert bench.matched_speedup(before[:2], after[:2])["speedup"] is None
