@@ -142,6 +142,26 @@ def test_the_copys_attention_masks_the_padding_of_a_batch():
     torch.testing.assert_close(batch[1, 4:], alone[0], rtol=1e-4, atol=1e-4)
 
 
+def test_the_copys_lm_head_reads_a_contiguous_input():
+    """``generate`` gives the head a strided view (the last position of each row after the prefill); the
+    copy's head gets it contiguous (a strided input makes ``matmul`` copy the weight once per row), and
+    the logits are the same."""
+    from mmsearch_r1.policy.bf16 import to_bf16_generation
+
+    model, _ = build_tiny_policy(seed=4)
+    copy = to_bf16_generation(build_tiny_policy(seed=4)[0])
+    head = copy.get_output_embeddings()
+    seen = []
+    head.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))  # after ours
+    hidden = torch.randn(3, 7, head.in_features, dtype=torch.bfloat16)[:, -1:, :]
+    assert not hidden.is_contiguous()
+    with torch.no_grad():
+        got = head(hidden)
+    assert seen == [True]
+    torch.testing.assert_close(got, torch.nn.functional.linear(hidden.contiguous(), head.weight))
+    assert model.get_output_embeddings()._forward_pre_hooks == {}  # the training model is left alone
+
+
 def _padded_batch(processor, completion: int):
     """Three sequences as TRL's loss gets them: prompts (one image, two images, none) left-padded,
     completions of 9, 3 and 6 tokens right-padded, and the images' ``pixel_values``."""
