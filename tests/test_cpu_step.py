@@ -162,6 +162,33 @@ def test_the_copys_lm_head_reads_a_contiguous_input():
     assert model.get_output_embeddings()._forward_pre_hooks == {}  # the training model is left alone
 
 
+def test_frozen_layers_are_cast_to_bf16_once_and_give_autocasts_numbers():
+    from mmsearch_r1.rl.policy_head import frozen_linears_cast_once
+    from mmsearch_r1.rl.train import freeze_lower_layers
+
+    model, _ = build_tiny_policy(seed=5)
+    model.config.tie_word_embeddings = True
+    model.lm_head.weight = model.get_input_embeddings().weight  # tied, as the demo policy's head is
+    freeze_lower_layers(model, 1)
+    params = {n: p for n, p in model.named_parameters()}
+    ids = torch.randint(10, 200, (2, 12))
+
+    def logits():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(input_ids=ids).logits
+
+    want = logits()
+    with frozen_linears_cast_once(model, torch.bfloat16) as n:
+        assert n > 0 and model.lm_head.weight.dtype == torch.bfloat16
+        assert model.get_input_embeddings().weight.dtype == torch.float32  # the tied embedding reads fp32
+        got = logits()
+        trained = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.weight.requires_grad]
+        assert trained and all(m.weight.dtype == torch.float32 for m in trained)  # what trains is autocast's
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert {n: p for n, p in model.named_parameters()} == params  # the same fp32 parameters are back
+    assert model.lm_head.weight is model.get_input_embeddings().weight
+
+
 def _padded_batch(processor, completion: int):
     """Three sequences as TRL's loss gets them: prompts (one image, two images, none) left-padded,
     completions of 9, 3 and 6 tokens right-padded, and the images' ``pixel_values``."""
@@ -206,6 +233,7 @@ def test_loss_forward_scores_each_sequence_without_its_padding():
     add_fused_lm_head(model, temperature=0.7, outputs=("log_probs", "entropy"))
     trainer = TimedGRPOTrainer.__new__(TimedGRPOTrainer)  # only what the loss forward reads
     trainer.model, trainer.temperature, trainer.accelerator = model, 0.7, Accelerator(cpu=True)
+    trainer.args = SimpleNamespace(bf16=False)
     assert install_policy_token_head(trainer)
     completion = 10
     ids, mask, fields = _padded_batch(processor, completion)

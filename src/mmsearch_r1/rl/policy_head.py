@@ -21,6 +21,7 @@ unlabelled positions; no logit soft-capping or scaling (models that need them ke
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import types
 
@@ -132,3 +133,32 @@ def unpadded_rows(input_ids, attention_mask, logits_to_keep: int, fields: dict):
                 kwargs["image_grid_thw"] = fields["image_grid_thw"][image_start[i] : image_start[i + 1]]
         rows.append((i, kwargs, keep))
     return rows
+
+
+@contextlib.contextmanager
+def frozen_linears_cast_once(model, dtype: torch.dtype):
+    """Within the block, every frozen fp32 ``nn.Linear`` of ``model`` holds a ``dtype`` copy of its weight
+    and bias, made once on entry; on exit the fp32 parameters are back.
+
+    Under autocast each matmul casts its fp32 weight to the autocast dtype, and it keeps the cast only for
+    weights that train: the frozen layers' weights (and the tied vocabulary-sized LM head) are cast again
+    on every forward, and `unpadded_rows` makes one forward per sequence. Inside autocast the copy gives
+    the same numbers (the same rounding, done once); outside autocast such a layer refuses an fp32 input,
+    so use it only around forwards that run under ``dtype`` autocast. Tied weights stay tied elsewhere: an
+    embedding sharing the head's weight keeps reading fp32."""
+    swapped = []
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear) or module.weight.requires_grad:
+            continue
+        if module.weight.dtype != torch.float32:
+            continue
+        old = dict(module._parameters)
+        for name, p in old.items():
+            if p is not None:
+                module._parameters[name] = torch.nn.Parameter(p.detach().to(dtype), requires_grad=False)
+        swapped.append((module, old))
+    try:
+        yield len(swapped)
+    finally:
+        for module, old in swapped:
+            module._parameters.update(old)

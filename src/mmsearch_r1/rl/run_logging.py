@@ -22,6 +22,7 @@ What it does not: no training setup (``mmsearch_r1.rl.train``), no plots (the no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import resource
@@ -39,7 +40,7 @@ from mmsearch_r1.data.schema import read_jsonl, write_jsonl
 from mmsearch_r1.helpers import jpeg_b64
 from mmsearch_r1.protocol.rewards import score_record
 from mmsearch_r1.protocol.tags import parse_turn
-from mmsearch_r1.rl.policy_head import unpadded_rows
+from mmsearch_r1.rl.policy_head import frozen_linears_cast_once, unpadded_rows
 from mmsearch_r1.rl.rewards import message_to_tag_text
 
 # canonical metrics.jsonl field <- TRL log key
@@ -320,19 +321,22 @@ class TimedGRPOTrainer(GRPOTrainer):
                 compute_aux_loss, **fields)  # fmt: skip
         batch_mask = self.policy_token_mask
         logps, entropies = [], []
-        try:
-            for i, row, keep in rows:
-                if batch_mask is not None:
-                    self.policy_token_mask = batch_mask[i : i + 1, :keep]
-                lp, ent, _ = super()._get_per_token_logps_and_entropies(
-                    model, logits_to_keep=keep, compute_entropy=compute_entropy, **row
-                )
-                pad = logits_to_keep - keep
-                logps.append(torch.nn.functional.pad(lp, (0, pad)))
-                if compute_entropy:
-                    entropies.append(torch.nn.functional.pad(ent, (0, pad)))
-        finally:
-            self.policy_token_mask = batch_mask
+        cast = self.args.bf16 and torch.device(self.accelerator.device).type == "cpu"
+        frozen = frozen_linears_cast_once(model, torch.bfloat16) if cast else contextlib.nullcontext()
+        with frozen:
+            try:
+                for i, row, keep in rows:
+                    if batch_mask is not None:
+                        self.policy_token_mask = batch_mask[i : i + 1, :keep]
+                    lp, ent, _ = super()._get_per_token_logps_and_entropies(
+                        model, logits_to_keep=keep, compute_entropy=compute_entropy, **row
+                    )
+                    pad = logits_to_keep - keep
+                    logps.append(torch.nn.functional.pad(lp, (0, pad)))
+                    if compute_entropy:
+                        entropies.append(torch.nn.functional.pad(ent, (0, pad)))
+            finally:
+                self.policy_token_mask = batch_mask
         return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
 
     def _generate_single_turn(self, *args, **kwargs):
