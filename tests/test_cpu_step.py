@@ -285,3 +285,56 @@ def test_the_bench_compares_only_steps_that_generated_alike():
     assert m["steps"] == [3, 4]
     assert m["speedup"] == pytest.approx((30 + 36) / (15 + 18))
     assert bench.matched_speedup(before[:2], after[:2])["speedup"] is None
+
+
+def test_the_copy_prefills_each_distinct_row_once_and_generates_the_same_tokens():
+    """GRPO repeats every prompt over its rollouts: the copy prefills each distinct row once (a prompt
+    with an image, one without, in any order), and greedy generation gives the tokens and scores plain
+    ``generate`` gives. The same text with another picture is another row."""
+    from PIL import Image
+
+    from mmsearch_r1.rl.generation_copy import GenerationCopy, shared_prompt_generate
+
+    model, processor = build_tiny_policy(seed=6)
+    copy = GenerationCopy(model).model
+    plain = copy.generate.args[1]
+    tok = processor.tokenizer
+    vision = "<|vision_start|><|image_pad|><|vision_end|>"
+    rows = [
+        processor(text=[f"{vision} Which flag is this?"], images=[Image.new("RGB", (112, 112), "red")], return_tensors="pt"),
+        processor(text=["What is the capital of Redland, please?"], return_tensors="pt"),
+    ]  # fmt: skip
+    width = max(r["input_ids"].size(1) for r in rows)
+    order = [0, 1, 1, 0, 0, 1]  # which prompt each rollout answers
+
+    def left(key, value):
+        return torch.cat([torch.nn.functional.pad(rows[i][key], (width - rows[i][key].size(1), 0), value=value)
+                          for i in order])  # fmt: skip
+
+    n_img = order.count(0)
+    inputs = {"input_ids": left("input_ids", tok.pad_token_id), "attention_mask": left("attention_mask", 0),
+              "mm_token_type_ids": left("mm_token_type_ids", 0),
+              "pixel_values": torch.cat([rows[0]["pixel_values"]] * n_img),
+              "image_grid_thw": torch.cat([rows[0]["image_grid_thw"]] * n_img)}  # fmt: skip
+    settings = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": tok.pad_token_id,
+                "output_scores": True, "return_dict_in_generate": True}  # fmt: skip
+    calls = []
+
+    def counted(**kw):
+        calls.append(tuple(kw["input_ids"].shape))
+        return plain(**kw)
+
+    def check(batch, distinct):
+        calls.clear()
+        with torch.no_grad():
+            want = plain(**batch, **settings)
+            got = shared_prompt_generate(copy, counted, **batch, **settings)
+        assert calls[0] == (distinct, width - 1)  # the prefill: each distinct row, all but its last token
+        assert torch.equal(got.sequences, want.sequences)
+        for a, b in zip(got.scores, want.scores, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=2e-3)  # wrong positions move them by ~1e-2
+
+    check(inputs, distinct=2)
+    other = dict(inputs, pixel_values=inputs["pixel_values"].clone())
+    other["pixel_values"][: len(other["pixel_values"]) // n_img] += 1  # the first image row: another picture
+    check(other, distinct=3)

@@ -11,12 +11,19 @@ generation of every optimizer step, and lends it to TRL's ``_generate_single_tur
 and unchanged; the rollouts are sampled from bf16 arithmetic, as a vLLM or bf16 GPU sampler does, which
 the loss already uses under autocast.
 
-What it does not: no copy under vLLM, with PEFT adapters, or where bf16 matmuls are not native (`wanted`).
+The copy also prefills each distinct row of a batch once (`shared_prompt_generate`): GRPO samples each
+prompt ``num_generations`` times, and ``generate`` would read the same prompt, image included, once per
+rollout.
+
+What it does not: no copy under vLLM, with PEFT adapters, or where bf16 matmuls are not native (`wanted`);
+no cache kept from one turn of the tool loop to the next (TRL's loop prefills each turn's whole
+conversation again).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 
@@ -40,6 +47,7 @@ class GenerationCopy:
 
     def __init__(self, model):
         self.model = to_bf16_generation(copy.deepcopy(model))
+        self.model.generate = functools.partial(shared_prompt_generate, self.model, self.model.generate)
         self.step = None
 
     def refresh(self, source, step: int) -> None:
@@ -54,3 +62,90 @@ class GenerationCopy:
                 ):  # everything once (a resumed checkpoint), then what trains
                     mine[name].copy_(p.detach())
         self.step = step
+
+
+_SHARABLE = {"input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"}
+"""The inputs `shared_prompt_generate` can cut per row (Qwen2.5-VL's); with any other, it generates as is."""
+
+
+def _per_row_images(model, inputs: dict) -> list | None:
+    """Each row's ``(image_grid_thw, pixel_values)``; ``[]`` without images; None where they cannot be
+    cut per row (no ``vision_start_token_id`` or no grid)."""
+    ids = inputs["input_ids"]
+    if inputs.get("pixel_values") is None:
+        return [(None, None)] * ids.size(0)
+    start = getattr(model.config, "vision_start_token_id", None)
+    if start is None or inputs.get("image_grid_thw") is None:
+        return None
+    thw = torch.split(inputs["image_grid_thw"], (ids == start).sum(1).tolist())  # a row's images
+    pixels = torch.split(inputs["pixel_values"], [int(t.prod(-1).sum()) for t in thw])
+    return list(zip(thw, pixels, strict=True))
+
+
+def _shared_rows(model, inputs: dict) -> tuple[list[int], list[int]] | None:
+    """``(unique, index)``: the rows to prefill and, for every row, the one of them it repeats (same
+    tokens, padding and images); None when no row repeats another or images cannot be cut per row."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    images = _per_row_images(model, inputs)
+    if images is None:
+        return None
+
+    def same(a: int, b: int) -> bool:
+        if not (torch.equal(ids[a], ids[b]) and torch.equal(mask[a], mask[b])):
+            return False
+        (ta, pa), (tb, pb) = images[a], images[b]
+        return ta is None or (torch.equal(ta, tb) and torch.equal(pa, pb))
+
+    unique, index = [], []
+    for row in range(ids.size(0)):
+        match = next((k for k, u in enumerate(unique) if same(u, row)), None)
+        if match is None:
+            unique.append(row)
+            match = len(unique) - 1
+        index.append(match)
+    return None if len(unique) == ids.size(0) else (unique, index)
+
+
+def shared_prompt_generate(model, generate, **inputs):
+    """``generate(**inputs)``, with each distinct row prefilled once.
+
+    GRPO's first turn repeats every prompt over its rollouts, and a peaked policy often writes the same
+    first turn in several rollouts, so later turns repeat rows too. The distinct rows are prefilled (all
+    their tokens but the last, through ``generate`` itself, so positions and image features are those
+    ``generate`` computes), every row takes the cache of the row it repeats, and ``generate`` continues
+    the whole batch from there: the same tokens (tested), each distinct row read once. Anything else
+    (all rows distinct, inputs it does not know, a cache given) goes to ``generate`` unchanged. Written
+    by hand: ``generate`` shares nothing across rows."""
+    ids, mask = inputs.get("input_ids"), inputs.get("attention_mask")
+    tensors = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+    if ids is None or mask is None or ids.size(1) < 2 or set(tensors) - _SHARABLE:
+        return generate(**inputs)
+    if inputs.get("past_key_values") is not None:
+        return generate(**inputs)
+    shared = _shared_rows(model, tensors)
+    if shared is None:
+        return generate(**inputs)
+    unique, index = shared
+    images = _per_row_images(model, tensors)
+    first = {
+        k: tensors[k][unique] for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in tensors
+    }
+    if tensors.get("pixel_values") is not None:
+        first["image_grid_thw"] = torch.cat([images[u][0] for u in unique])
+        first["pixel_values"] = torch.cat([images[u][1] for u in unique])
+    kwargs = {k: v for k, v in inputs.items() if k not in _SHARABLE and k != "generation_config"}
+    config = copy.deepcopy(inputs.get("generation_config") or model.generation_config)
+    other = config.update(**kwargs)  # the caller's settings, then only the prefill
+    config.update(max_new_tokens=1, min_new_tokens=0, do_sample=False, return_dict_in_generate=True)
+    prefix = {k: (v[:, :-1] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
+              for k, v in first.items()}  # fmt: skip
+    cache = generate(**prefix, generation_config=config, **other).past_key_values
+    if not hasattr(cache, "batch_select_indices"):
+        return generate(**inputs)
+    rows = torch.tensor(index, device=ids.device)
+    cache.batch_select_indices(rows)  # each row continues from the prefill of the row it repeats
+    inner = getattr(model, "model", None)
+    if getattr(inner, "rope_deltas", None) is not None:  # Qwen-VL's multimodal position offsets
+        inner.rope_deltas = inner.rope_deltas[rows]
+    rest = {k: v for k, v in inputs.items() if k not in _SHARABLE}
+    return generate(input_ids=ids, attention_mask=mask, past_key_values=cache, **rest)
