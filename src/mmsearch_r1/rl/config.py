@@ -181,8 +181,9 @@ class TrainConfig:
     suppress_vision_tokens: bool = True
     """Never sample the vision placeholder tokens (needed by tiny random models, harmless otherwise)."""
     generation_copy: str = "auto"
-    """Generate the rollouts with a bf16 copy of the model (`rl.generation_copy`): ``auto`` (on a CPU with
-    native bf16 matmuls, without vLLM or PEFT), ``true``, ``false``."""
+    """Generate the rollouts with a bf16 copy of the model that prefills each distinct row of a batch once
+    (`rl.generation_copy`): ``auto`` (on a CPU with native bf16 matmuls, without vLLM or PEFT), ``true``,
+    ``false``."""
     policy_token_head: str = "auto"
     """Project the loss's LM head on the policy's own completion tokens only, and score each sequence
     without its padding (`rl.policy_head`): ``auto`` (on CPU, where TRL's fused head projects every
