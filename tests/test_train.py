@@ -8,6 +8,7 @@ import signal
 import warnings
 
 import pytest
+import torch
 from transformers import TrainerCallback
 
 from mmsearch_r1.rl.config import PRESETS, TrainConfig, load_config, parse_overrides, preset
@@ -153,6 +154,13 @@ class CrashAt(TrainerCallback):
             raise KeyboardInterrupt("simulated kill")
 
 
+class WeightsAtStart(TrainerCallback):
+    """The trainable weights as training (re)starts, after any checkpoint was loaded."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
 class SigtermAt(TrainerCallback):
     def __init__(self, step):
         self.step = step
@@ -196,8 +204,12 @@ def test_grpo_run_writes_metrics_checkpoints_and_resumes(tmp_path):
             assert m[f] is not None, f
         assert 0.0 <= m["search_ratio"] <= 1.0 and m["step_seconds"] > 0
 
-    result = train(cfg)  # resume="auto"
+    start = WeightsAtStart()
+    result = train(cfg, callbacks=[start])  # resume="auto"
     assert result.resumed_from.endswith("checkpoint-2")
+    # the checkpoint's weights, not the initial ones, although save_pretrained renamed them on disk
+    saved = type(result.trainer.model).from_pretrained(run / "checkpoint-2").state_dict()
+    assert start.weights and all(torch.equal(w, saved[n]) for n, w in start.weights.items())
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2, 3, 4]  # each completed step exactly once
     assert lines[:2] == before[:2]  # steps covered by the checkpoint are kept, not re-run

@@ -133,3 +133,22 @@ def clear_checkpoints(run_dir: Path) -> None:
     for ckpt in run_dir.glob("checkpoint-*"):
         if ckpt.is_dir():
             shutil.rmtree(ckpt)
+
+
+def saved_weight_names(model) -> dict[str, str]:
+    """``{name in a checkpoint: name in the model}`` where ``save_pretrained`` renames weights.
+
+    transformers saves some models in their original checkpoint layout (a Qwen2.5-VL's
+    ``model.language_model.layers.*`` as ``model.layers.*``, ``model.visual.*`` as ``visual.*``), but its
+    Trainer resumes by loading a checkpoint's weights under their saved names: every weight is then
+    "missing" and the run would go on from its initial weights (transformers issue 43701).
+    `mmsearch_r1.rl.run_logging.TimedGRPOTrainer` maps the names back with this. Empty for PEFT models
+    (their adapters load through PEFT) and for models saved under their own names."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    if hasattr(model, "peft_config"):
+        return {}
+    state = model.state_dict()
+    own = {id(t): name for name, t in state.items()}
+    saved = revert_weight_conversion(model, dict(state))
+    return {s: own[id(t)] for s, t in saved.items() if id(t) in own and own[id(t)] != s}

@@ -41,6 +41,7 @@ from mmsearch_r1.helpers import jpeg_b64
 from mmsearch_r1.protocol.rewards import score_record
 from mmsearch_r1.protocol.tags import parse_turn
 from mmsearch_r1.rl.policy_head import frozen_linears_cast_once, unpadded_rows
+from mmsearch_r1.rl.resume import saved_weight_names
 from mmsearch_r1.rl.rewards import message_to_tag_text
 
 # canonical metrics.jsonl field <- TRL log key
@@ -338,6 +339,21 @@ class TimedGRPOTrainer(GRPOTrainer):
             finally:
                 self.policy_token_mask = batch_mask
         return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """TRL's resume, with the checkpoint's weight names mapped to the model's (`rl.resume.saved_weight_names`)."""
+        target = self.model if model is None else model
+        names = saved_weight_names(target)
+        if not names:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        load = target.load_state_dict
+        target.load_state_dict = lambda sd, *a, **k: load(
+            {names.get(n, n): t for n, t in sd.items()}, *a, **k
+        )
+        try:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        finally:
+            del target.load_state_dict
 
     def _generate_single_turn(self, *args, **kwargs):
         t0 = time.perf_counter()
