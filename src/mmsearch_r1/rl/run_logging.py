@@ -343,10 +343,7 @@ class TimedGRPOTrainer(GRPOTrainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """TRL's resume, with the checkpoint's weight names mapped to the model's (`rl.resume.saved_weight_names`)."""
         target = self.model if model is None else model
-        names = saved_weight_names(target)
-        if not names:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        load = target.load_state_dict
+        names, load = saved_weight_names(target), target.load_state_dict
         target.load_state_dict = lambda sd, *a, **k: load(
             {names.get(n, n): t for n, t in sd.items()}, *a, **k
         )
