@@ -215,6 +215,12 @@ def test_grpo_run_writes_metrics_checkpoints_and_resumes(tmp_path):
     assert lines[:2] == before[:2]  # steps covered by the checkpoint are kept, not re-run
     assert (run / "checkpoint-4").is_dir() and result.summary["steps"] == 4
 
+    again = train(cfg)  # the run has its 4 steps: it trains none (transformers' Trainer would train a 5th)
+    assert again.resumed_from.endswith("checkpoint-4") and not (run / "checkpoint-5").exists()
+    assert [m["step"] for m in read_metrics(run / "metrics.jsonl")] == [1, 2, 3, 4]
+    saved = type(again.trainer.model).from_pretrained(run / "checkpoint-4").state_dict()
+    assert all(torch.equal(p, saved[n]) for n, p in again.trainer.model.named_parameters() if p.requires_grad)
+
 
 def test_sigterm_checkpoints_the_current_step_and_stops(tmp_path):
     from mmsearch_r1.rl.train import train
