@@ -146,10 +146,10 @@ def test_the_copys_lm_head_reads_a_contiguous_input():
     """``generate`` gives the head a strided view (the last position of each row after the prefill); the
     copy's head gets it contiguous (a strided input makes ``matmul`` copy the weight once per row), and
     the logits are the same."""
-    from mmsearch_r1.policy.bf16 import to_bf16_generation
+    from mmsearch_r1.rl.generation_copy import GenerationCopy
 
     model, _ = build_tiny_policy(seed=4)
-    copy = to_bf16_generation(build_tiny_policy(seed=4)[0])
+    copy = GenerationCopy(model).model
     head = copy.get_output_embeddings()
     seen = []
     head.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))  # after ours

@@ -26,6 +26,7 @@ import copy
 import functools
 
 import torch
+from trl.trainer.utils import split_pixel_values_by_grid
 
 from mmsearch_r1.policy.bf16 import to_bf16_generation
 
@@ -69,26 +70,25 @@ _SHARABLE = {"input_ids", "attention_mask", "pixel_values", "image_grid_thw", "m
 
 
 def _per_row_images(model, inputs: dict) -> list | None:
-    """Each row's ``(image_grid_thw, pixel_values)``; ``[]`` without images; None where they cannot be
-    cut per row (no ``vision_start_token_id`` or no grid)."""
+    """Each row's ``(image_grid_thw, pixel_values)`` (``(None, None)`` for every row of a batch without
+    images), cut by TRL's ``split_pixel_values_by_grid`` with each row's image count read from its
+    ``vision_start_token_id`` tokens; None where there is no such token id or no grid."""
     ids = inputs["input_ids"]
     if inputs.get("pixel_values") is None:
         return [(None, None)] * ids.size(0)
     start = getattr(model.config, "vision_start_token_id", None)
     if start is None or inputs.get("image_grid_thw") is None:
         return None
-    thw = torch.split(inputs["image_grid_thw"], (ids == start).sum(1).tolist())  # a row's images
-    pixels = torch.split(inputs["pixel_values"], [int(t.prod(-1).sum()) for t in thw])
-    return list(zip(thw, pixels, strict=True))
+    counts = (ids == start).sum(1).tolist()
+    split = split_pixel_values_by_grid({"pixel_values": inputs["pixel_values"],
+                                        "image_grid_thw": inputs["image_grid_thw"], "num_images": counts})  # fmt: skip
+    return list(zip(split["image_grid_thw"], split["pixel_values"], strict=True))
 
 
-def _shared_rows(model, inputs: dict) -> tuple[list[int], list[int]] | None:
+def _shared_rows(inputs: dict, images: list) -> tuple[list[int], list[int]] | None:
     """``(unique, index)``: the rows to prefill and, for every row, the one of them it repeats (same
-    tokens, padding and images); None when no row repeats another or images cannot be cut per row."""
+    tokens, padding and images, ``images`` from `_per_row_images`); None when no row repeats another."""
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    images = _per_row_images(model, inputs)
-    if images is None:
-        return None
 
     def same(a: int, b: int) -> bool:
         if not (torch.equal(ids[a], ids[b]) and torch.equal(mask[a], mask[b])):
@@ -122,11 +122,11 @@ def shared_prompt_generate(model, generate, **inputs):
         return generate(**inputs)
     if inputs.get("past_key_values") is not None:
         return generate(**inputs)
-    shared = _shared_rows(model, tensors)
+    images = _per_row_images(model, tensors)
+    shared = None if images is None else _shared_rows(tensors, images)
     if shared is None:
         return generate(**inputs)
     unique, index = shared
-    images = _per_row_images(model, tensors)
     first = {
         k: tensors[k][unique] for k in ("input_ids", "attention_mask", "mm_token_type_ids") if k in tensors
     }

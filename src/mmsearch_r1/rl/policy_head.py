@@ -26,6 +26,7 @@ import functools
 import types
 
 import torch
+from trl.trainer.utils import split_pixel_values_by_grid
 
 
 def wanted(setting: str, device: torch.device | str) -> bool:
@@ -99,7 +100,8 @@ def unpadded_rows(input_ids, attention_mask, logits_to_keep: int, fields: dict):
     from its first to its last attended position (its images' ``pixel_values`` rows included), ``keep`` the
     number of its completion positions kept (at least 1). The caller scores each row and puts the
     row's ``keep`` log-probs back at the start of its completion; the trimmed positions are padding, which
-    the loss masks. Written by hand: TRL chunks a batch (``batch_size``) but never trims it.
+    the loss masks. Written by hand: TRL chunks a batch (``batch_size``) but never trims it (its
+    ``split_pixel_values_by_grid`` cuts the images per row).
     """
     present = {k for k, v in fields.items() if v is not None}
     if present - _ROW_FIELDS or ("pixel_values" in present) != ("image_grid_thw" in present):
@@ -107,11 +109,10 @@ def unpadded_rows(input_ids, attention_mask, logits_to_keep: int, fields: dict):
     if "pixel_values" in present and "num_images" not in present:
         return None
     prompt_len = input_ids.size(1) - logits_to_keep
-    if "pixel_values" in present:
-        patches = fields["image_grid_thw"].prod(dim=-1)  # pixel_values rows per image
-        per_image = torch.split(patches, list(fields["num_images"]))
-        image_start = [0] + list(torch.tensor(fields["num_images"]).cumsum(0).tolist())
-        row_start = [0] + torch.stack([s.sum() for s in per_image]).cumsum(0).tolist()
+    if "pixel_values" in present:  # each row's pixel_values and image_grid_thw
+        split = split_pixel_values_by_grid(
+            {k: fields[k] for k in ("pixel_values", "image_grid_thw", "num_images")}
+        )
     rows = []
     for i in range(input_ids.size(0)):
         attended = attention_mask[i].nonzero().flatten()
@@ -129,8 +130,8 @@ def unpadded_rows(input_ids, attention_mask, logits_to_keep: int, fields: dict):
         if "pixel_values" in present:
             kwargs["num_images"] = [fields["num_images"][i]]
             if fields["num_images"][i]:  # a row without images passes none
-                kwargs["pixel_values"] = fields["pixel_values"][row_start[i] : row_start[i + 1]]
-                kwargs["image_grid_thw"] = fields["image_grid_thw"][image_start[i] : image_start[i + 1]]
+                kwargs["pixel_values"] = split["pixel_values"][i]
+                kwargs["image_grid_thw"] = split["image_grid_thw"][i]
         rows.append((i, kwargs, keep))
     return rows
 

@@ -106,6 +106,13 @@ RESUMABLE_CHANGES = {"max_steps", "save_steps", "save_total_limit", "resume", "l
 """Fields a resumed run may change; any other difference from the checkpointed run is an error."""
 
 
+def steps_done(checkpoint: str | None) -> int:
+    """The optimizer steps a checkpoint holds (its ``trainer_state.json``), 0 without one."""
+    if not checkpoint:
+        return 0
+    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("global_step", 0))
+
+
 def check_resume_compatible(cfg: TrainConfig) -> None:
     """Refuse to resume a run folder whose recorded config differs in a training setting, or whose policy or
     data set files changed since (`fingerprint`)."""

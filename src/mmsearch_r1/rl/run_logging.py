@@ -324,8 +324,8 @@ class TimedGRPOTrainer(GRPOTrainer):
         logps, entropies = [], []
         cast = self.args.bf16 and torch.device(self.accelerator.device).type == "cpu"
         frozen = frozen_linears_cast_once(model, torch.bfloat16) if cast else contextlib.nullcontext()
-        with frozen:
-            try:
+        try:
+            with frozen:
                 for i, row, keep in rows:
                     if batch_mask is not None:
                         self.policy_token_mask = batch_mask[i : i + 1, :keep]
@@ -336,8 +336,8 @@ class TimedGRPOTrainer(GRPOTrainer):
                     logps.append(torch.nn.functional.pad(lp, (0, pad)))
                     if compute_entropy:
                         entropies.append(torch.nn.functional.pad(ent, (0, pad)))
-            finally:
-                self.policy_token_mask = batch_mask
+        finally:
+            self.policy_token_mask = batch_mask
         return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):

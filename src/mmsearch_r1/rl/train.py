@@ -44,6 +44,7 @@ from mmsearch_r1.rl.resume import (
     clear_checkpoints,
     find_resume_checkpoint,
     fingerprint,
+    steps_done,
 )
 
 
@@ -239,13 +240,6 @@ def summarize(metrics: list[dict]) -> dict:
     }
 
 
-def _steps_done(checkpoint: str | None) -> int:
-    """The optimizer steps a checkpoint holds (its ``trainer_state.json``), 0 without one."""
-    if not checkpoint:
-        return 0
-    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text()).get("global_step", 0))
-
-
 def train(
     config: TrainConfig | dict | str | None = None,
     *,
@@ -273,7 +267,7 @@ def train(
             clear_checkpoints(cfg.run_dir)
         write_run_files(cfg, source=source, overrides=overrides)
     trainer, parts = build_trainer(cfg, policy=policy, rows=rows, engines=engines, callbacks=callbacks)
-    done = _steps_done(resume_from)
+    done = steps_done(resume_from)
     if resume_from and cfg.max_steps > 0 and done >= cfg.max_steps:
         # transformers' Trainer would train one more step past max_steps on such a resume
         print(f"[GRPO] {cfg.run_dir} already has its {done} steps ({resume_from}): nothing to train "
